@@ -1,0 +1,114 @@
+"""Connecting to Redis, and translating redis-py errors into queuectl's.
+
+Works with redis-py 4.3 (Debian 12) and current releases: only the
+``Redis.from_url`` keyword arguments and ``Retry``/``ExponentialBackoff``
+classes that both provide are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .config import RedisConfig
+from .errors import ConfigError, RedisCommandError, RedisUnavailableError
+
+def display_url(url: str) -> str:
+    """Return the URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
+
+
+def read_password(path: str) -> str:
+    """Read a password file: its first line, without the line break."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"redis.password_file: {path} not found; create it or fix the path") from None
+    except PermissionError:
+        raise ConfigError(
+            f"redis.password_file: {path}: permission denied; make it readable by this user"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"redis.password_file: {path}: {error.strerror}") from None
+    lines = text.splitlines()
+    if not lines or not lines[0]:
+        raise ConfigError(f"redis.password_file: {path} is empty; put the password on its first line")
+    return lines[0]
+
+
+def connect(settings: RedisConfig, *, block_s: float = 0.0) -> redis.Redis:
+    """Return a client for ``settings``; nothing is sent until the first command.
+
+    ``block_s`` is the longest blocking command the caller will send; the
+    socket timeout is stretched to cover it.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout_s + block_s,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        # A script whose reply was lost may have run: resending it could
+        # claim or enqueue twice.  Callers decide when to retry, so the
+        # client never does (redis-py 6 and later would retry by default).
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    if settings.username:
+        options["username"] = settings.username
+    if settings.password_file:
+        options["password"] = read_password(settings.password_file)
+    if settings.url.startswith("rediss://") and settings.tls_ca_file:
+        options["ssl_ca_certs"] = settings.tls_ca_file
+    if settings.url.startswith("unix://"):
+        # Unix sockets take no TCP options.
+        options.pop("socket_connect_timeout")
+    try:
+        return redis.Redis.from_url(settings.url, **options)
+    except ValueError as error:
+        raise ConfigError(
+            f"redis.url {display_url(settings.url)!r} is not a valid Redis URL: {error}"
+        ) from None
+
+
+@contextlib.contextmanager
+def translated(url: str) -> Iterator[None]:
+    """Turn redis-py exceptions raised inside the block into ``QueueError``s."""
+    shown = display_url(url)
+    try:
+        yield
+    except redis.AuthenticationError as error:
+        raise RedisCommandError(
+            f"Redis at {shown} rejected the credentials ({error}); "
+            "check redis.username and redis.password_file"
+        ) from None
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        raise RedisUnavailableError(
+            f"cannot reach Redis at {shown}: {describe(error)}; "
+            "check that redis-server runs there, or set redis.url"
+        ) from None
+    except redis.ResponseError as error:
+        raise RedisCommandError(f"Redis at {shown} returned an error: {error}") from None
+    except redis.RedisError as error:
+        raise RedisCommandError(f"Redis at {shown} failed: {error}") from None
+
+
+def describe(error: BaseException) -> str:
+    """Return a short, single-line reason for a connection error."""
+    text = str(error).strip() or type(error).__name__
+    for marker in ("Connection refused", "No such file or directory", "Timeout", "timed out",
+                   "Name or service not known", "Permission denied"):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return text.splitlines()[0]

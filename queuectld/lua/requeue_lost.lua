@@ -1,0 +1,57 @@
+-- Take jobs away from workers that died: each attempt counts as lost, and
+-- the job goes back to the front of its queue, or to the dead-letter queue
+-- once its retries are spent.  A job is taken only while it still holds the
+-- lease the caller names, so several reapers at once are safe.
+-- KEYS: jobs, processing, dead, held, seq, queue, notify
+-- ARGV: mode ('expired' or 'reclaim'), history limit, then pairs of
+--       (id, lease token), all of jobs in that queue
+-- Returns: a flat list of (id, new state) for every job taken.
+
+local k = {jobs = KEYS[1], processing = KEYS[2], dead = KEYS[3], held = KEYS[4], seq = KEYS[5]}
+local queue_key, notify_key = KEYS[6], KEYS[7]
+local mode, history_limit = ARGV[1], tonumber(ARGV[2])
+local now = now_ms()
+local taken, requeued = {}, 0
+
+for i = 3, #ARGV, 2 do
+  local id, lease = ARGV[i], ARGV[i + 1]
+  local job = load_job(k.jobs, id)
+  local deadline = tonumber(redis.call('ZSCORE', k.processing, id))
+  local holds = job and job.state == 'processing' and int(job.lease) == lease and deadline
+  if holds and (mode == 'reclaim' or deadline <= now) then
+    local reason
+    if mode == 'reclaim' then
+      reason = 'worker lost: ' .. job.worker .. ' restarted while running the job'
+    else
+      local silent_s = math.floor((now - (deadline - (job.lease_ms or 0))) / 1000)
+      reason = 'worker lost: no heartbeat for ' .. silent_s .. ' s'
+    end
+
+    redis.call('ZREM', k.processing, id)
+    if redis.call('HGET', k.held, job.worker) == id .. ' ' .. lease then
+      redis.call('HDEL', k.held, job.worker)
+    end
+    add_history(job, {
+      attempt = job.attempts, worker = job.worker, started_ms = job.started_ms,
+      finished_ms = now, outcome = 'lost', error = reason,
+    }, history_limit)
+    job.error = reason
+    job.lease = nil
+
+    if job.attempts > job.max_retries then
+      job.state = 'dead'
+      job.finished_ms = now
+      job.error = reason .. ' (no retries left)'
+      redis.call('ZADD', k.dead, int(now), id)
+    else
+      push_pending(k.seq, queue_key, id, job, true)
+      requeued = requeued + 1
+    end
+    save_job(k.jobs, id, job)
+    taken[#taken + 1] = id
+    taken[#taken + 1] = job.state
+  end
+end
+
+notify(notify_key, requeued)
+return taken

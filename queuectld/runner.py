@@ -1,0 +1,260 @@
+"""Running one job's command: spawn, stream output, enforce time limits.
+
+The command runs in a new session, so its process group holds it and its
+children.  stdin is /dev/null; the environment is built from scratch, so
+nothing of the worker's own environment (``NOTIFY_SOCKET``, ``WATCHDOG_*``,
+credentials) reaches the job.  stdout and stderr are read as they arrive and
+only their last ``limit`` bytes are kept, so memory stays flat whatever the
+job prints.  Stopping a job sends SIGTERM to its whole group, then SIGKILL
+after the grace period.  When the main process exits, whatever it left
+running in its group is killed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# Read size for job output pipes.
+CHUNK = 65536
+# How long to wait for the pipes to close once the main process exited.
+DRAIN_S = 0.2
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+class SpawnError(Exception):
+    """The command could not be started; retrying cannot help."""
+
+
+class Tail:
+    """The last ``limit`` bytes of a stream, and how many bytes it had."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self._buffer = bytearray()
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        if self.limit == 0:
+            return
+        self._buffer += data
+        if len(self._buffer) > 2 * self.limit:
+            del self._buffer[: -self.limit]
+
+    def text(self) -> str:
+        """Return the tail as text; undecodable bytes become U+FFFD."""
+        kept = bytes(self._buffer[-self.limit :]) if self.limit else b""
+        text = kept.decode("utf-8", "replace")
+        omitted = self.total - len(kept)
+        if omitted > 0:
+            text = f"[{omitted} earlier bytes omitted]\n" + text
+        return text
+
+    def last_line(self) -> str:
+        kept = bytes(self._buffer[-4096:]).decode("utf-8", "replace")
+        lines = [line.strip() for line in kept.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants of jobs, so the worker can reap them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def reap_orphans() -> None:
+    """Reap adopted descendants that exited; call only while no job runs."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> subprocess.Popen[bytes]:
+    """Start ``argv``; raise ``SpawnError`` naming the cause if it cannot start."""
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except FileNotFoundError as error:
+        if error.filename == cwd or not os.path.isdir(cwd):
+            raise SpawnError(f"working directory not found: {cwd}") from None
+        raise SpawnError(f"command not found: {argv[0]}") from None
+    except NotADirectoryError:
+        raise SpawnError(f"working directory is not a directory: {cwd}") from None
+    except PermissionError as error:
+        if error.filename == cwd:
+            raise SpawnError(f"working directory not accessible: {cwd}") from None
+        raise SpawnError(f"command not executable: {argv[0]}") from None
+    except OSError as error:
+        raise SpawnError(f"cannot run {argv[0]}: {error.strerror}") from None
+
+
+@dataclass
+class Exit:
+    """How the main process ended."""
+
+    exit_code: int | None
+    signal: int | None
+    duration_s: float
+
+
+class Running:
+    """A started job: reads its output and reports when it exits."""
+
+    def __init__(self, process: subprocess.Popen[bytes], limit: int, wakeup_fd: int | None) -> None:
+        self.process = process
+        self.started = time.monotonic()
+        self.stdout = Tail(limit)
+        self.stderr = Tail(limit)
+        self.exit: Exit | None = None
+        self._tails: dict[int, Tail] = {}
+        self._selector = selectors.DefaultSelector()
+        assert process.stdout is not None and process.stderr is not None
+        for stream, tail in ((process.stdout, self.stdout), (process.stderr, self.stderr)):
+            fd = stream.fileno()
+            os.set_blocking(fd, False)
+            self._tails[fd] = tail
+            self._selector.register(fd, selectors.EVENT_READ)
+        self._pidfd = _pidfd_open(process.pid)
+        if self._pidfd is not None:
+            self._selector.register(self._pidfd, selectors.EVENT_READ)
+        self._wakeup_fd = wakeup_fd
+        if wakeup_fd is not None:
+            self._selector.register(wakeup_fd, selectors.EVENT_READ)
+        self.term_sent_at: float | None = None
+        self.kill_sent = False
+
+    def pump(self, until: float) -> bool:
+        """Read output until monotonic time ``until``, the exit, or a signal.
+
+        Returns True when the main process has exited (``self.exit`` set).
+        """
+        while self.exit is None:
+            timeout = until - time.monotonic()
+            if timeout <= 0:
+                break
+            if self._pidfd is None:
+                timeout = min(timeout, 0.05)
+            events = self._selector.select(timeout)
+            interrupted = exited = False
+            for key, _ in events:
+                fd = key.fd
+                if fd == self._pidfd:
+                    exited = True
+                elif fd == self._wakeup_fd:
+                    interrupted = True
+                else:
+                    self._read(fd)
+            if exited or (self._pidfd is None and self.process.poll() is not None):
+                self._on_exit()
+            if interrupted:
+                break
+        return self.exit is not None
+
+    def _read(self, fd: int) -> None:
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        if data:
+            self._tails[fd].add(data)
+        else:
+            self._selector.unregister(fd)
+
+    def _on_exit(self) -> None:
+        # The main process is a zombie until waited for, so its pid, which
+        # is also the group id, cannot be reused before the group is killed.
+        self.signal_group(signal.SIGKILL)
+        returncode = self.process.wait()
+        duration = time.monotonic() - self.started
+        self._drain()
+        self._close()
+        if returncode < 0:
+            self.exit = Exit(None, -returncode, duration)
+        else:
+            self.exit = Exit(returncode, None, duration)
+
+    def _drain(self) -> None:
+        """Read what the pipes still hold; stop when they close or after DRAIN_S."""
+        deadline = time.monotonic() + DRAIN_S
+        while True:
+            open_fds = [fd for fd in self._tails if _registered(self._selector, fd)]
+            remaining = deadline - time.monotonic()
+            if not open_fds or remaining <= 0:
+                return
+            for key, _ in self._selector.select(remaining):
+                if key.fd in self._tails:
+                    self._read(key.fd)
+
+    def _close(self) -> None:
+        self._selector.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+    def signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
+
+    def terminate(self) -> None:
+        """Send SIGTERM to the group once; ``escalate`` sends SIGKILL later."""
+        if self.term_sent_at is None:
+            self.term_sent_at = time.monotonic()
+            self.signal_group(signal.SIGTERM)
+
+    def escalate(self, grace_s: float) -> None:
+        """Send SIGKILL if SIGTERM was sent ``grace_s`` ago or longer."""
+        if self.term_sent_at is not None and not self.kill_sent:
+            if time.monotonic() - self.term_sent_at >= grace_s:
+                self.kill_sent = True
+                self.signal_group(signal.SIGKILL)
+
+    def kill_now(self) -> None:
+        self.kill_sent = True
+        self.signal_group(signal.SIGKILL)
+
+
+def _registered(selector: selectors.BaseSelector, fd: int) -> bool:
+    try:
+        selector.get_key(fd)
+    except KeyError:
+        return False
+    return True
+
+
+def _pidfd_open(pid: int) -> int | None:
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return int(opener(pid))
+    except OSError as error:
+        if error.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+            return None
+        raise

@@ -1,0 +1,386 @@
+"""queuectl-worker: claims jobs one at a time, runs them and records the outcome.
+
+One process per systemd unit instance (``queuectl-worker@3``).  Its name in
+Redis is ``<host>:<instance>``, so a restarted instance finds the job its
+predecessor held and takes it back at once.  While idle the worker blocks on
+its queues' notify lists, so a new job starts within milliseconds without
+polling.  Finishing a job and claiming the next is one Redis call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+from . import __version__
+from .allowlist import rejection
+from .config import Config
+from .errors import ConflictError, RedisUnavailableError
+from .jobs import Claimed
+from .runner import Running, SpawnError, become_subreaper, reap_orphans, spawn
+from .service import Notifier, Signals, daemon_arguments, reload_config, run_daemon, wait_for_redis
+from .store import Claim, Finish, Outcome, Store, WorkerKeys
+
+log = logging.getLogger(__name__)
+
+# Longest a worker blocks waiting for work, so it notices stops and reloads.
+IDLE_BLOCK_S = 1.0
+# How often the STATUS of a running job is refreshed.
+STATUS_EVERY_S = 1.0
+
+
+def backoff_delay_s(attempts: int, base: float, cap_s: float) -> float:
+    """Return the delay before retry number ``attempts``.
+
+    The delay is ``base ** attempts`` capped at ``cap_s``, then jittered to
+    between half and all of that, so jobs that failed together spread out.
+    """
+    try:
+        delay = min(base**attempts, cap_s)
+    except OverflowError:
+        delay = cap_s
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class Worker:
+    """One worker process and its main loop."""
+
+    def __init__(self, config: Config, signals: Signals, notifier: Notifier,
+                 instance: str, config_arg: str | None) -> None:
+        self.config = config
+        self.signals = signals
+        self.notifier = notifier
+        self.config_arg = config_arg
+        self.host = socket.gethostname()
+        self.instance = instance
+        self.name = f"{self.host}:{instance}"
+        self.started_at = time.time()
+        self.current: Claimed | None = None
+        self.next_beat = 0.0
+        self._apply(config)
+
+    def _apply(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(config, block_s=IDLE_BLOCK_S)
+        self.keys: WorkerKeys = self.store.worker_keys(config.worker.queues)
+        self.lease_ms = round(config.worker.lease_timeout_s * 1000)
+        self.idle_text = f"idle on queues {', '.join(config.worker.queues)}"
+
+    # --- life cycle ----------------------------------------------------------
+
+    def run(self) -> None:
+        become_subreaper()
+        if not wait_for_redis(self._start, self.signals, self.notifier, what="worker"):
+            return
+        self.notifier.ready(self.idle_text)
+        log.info("worker %s started, pid %d, queues %s", self.name, os.getpid(),
+                 ",".join(self.config.worker.queues))
+        while not self.signals.stopping:
+            if self.signals.reload:
+                self._reload()
+            try:
+                self._cycle()
+            except RedisUnavailableError as error:
+                self._wait_after(error)
+        self._stop()
+
+    def _start(self) -> None:
+        self.store.ping()
+        self._check_predecessor()
+        taken = self.store.reclaim(self.name)
+        if taken:
+            log.warning("job %s: took it back from the previous process of %s; now %s",
+                        taken[0], self.name, taken[1])
+        self._beat()
+
+    def _check_predecessor(self) -> None:
+        for entry in self.store.workers():
+            if entry.get("name") != self.name or entry.get("host") != self.host:
+                continue
+            pid = entry.get("pid")
+            if isinstance(pid, int) and pid != os.getpid() and _is_worker_process(pid):
+                raise ConflictError(
+                    f"worker name {self.name} is in use by running process {pid}; "
+                    "give this worker another --instance"
+                )
+
+    def _reload(self) -> None:
+        self.signals.reload = False
+        fresh = reload_config(self.config_arg, self.config, self.notifier)
+        if fresh is not self.config:
+            self.store.close()
+            self._apply(fresh)
+        self.notifier.status(self.idle_text)
+
+    def _stop(self) -> None:
+        self.notifier.status("stopping")
+        try:
+            self.store.forget_workers([self.name])
+        except RedisUnavailableError as error:
+            log.warning("could not remove the worker record: %s", error)
+        log.info("worker %s stopped", self.name)
+
+    def _wait_after(self, error: RedisUnavailableError) -> None:
+        log.warning("%s", error)
+        wait_for_redis(self._resume_held, self.signals, self.notifier, what="worker")
+        self.notifier.status(self.idle_text)
+
+    def _resume_held(self) -> None:
+        """After a lost connection, run the job a claim may have given us."""
+        self.store.ping()
+        self._beat()
+
+    # --- claiming ------------------------------------------------------------
+
+    def _cycle(self) -> None:
+        claim = self.store.claim(self.name, self.keys, self.lease_ms)
+        job = self._claimed(claim)
+        while job is not None:
+            job = self._run_and_finish(job)
+        if not self.signals.stopping and not self.signals.reload:
+            self._idle_wait()
+
+    def _claimed(self, claim: Claim) -> Claimed | None:
+        for job_id in claim.skipped:
+            log.error("job %s: record unreadable or missing; moved to the dead-letter queue", job_id)
+        return claim.job
+
+    def _idle_wait(self) -> None:
+        self.notifier.status(self.idle_text)
+        self.notifier.watchdog()
+        self._beat_if_due()
+        reap_orphans()
+        self.store.wait_for_work(self.keys, self.notifier.max_sleep_s(IDLE_BLOCK_S))
+
+    def _beat_if_due(self) -> None:
+        if time.monotonic() >= self.next_beat:
+            self._beat()
+
+    def _beat(self) -> None:
+        job = self.current
+        self.store.beat_worker(self.name, {
+            "host": self.host,
+            "instance": self.instance,
+            "pid": os.getpid(),
+            "queues": list(self.config.worker.queues),
+            "job": job.id if job else None,
+            "started": round(self.started_at),
+            "version": __version__,
+        })
+        self.next_beat = time.monotonic() + self.config.worker.heartbeat_interval_s
+
+    # --- running -------------------------------------------------------------
+
+    def _run_and_finish(self, job: Claimed) -> Claimed | None:
+        """Run ``job``, record its outcome, and return the next job claimed."""
+        self.current = job
+        try:
+            outcome = self._execute(job)
+        finally:
+            self.current = None
+        if outcome is None:
+            return None
+
+        want_next = not self.signals.stopping and not self.signals.reload
+        finish = self._record(job, outcome, want_next)
+        if finish is None:
+            return None
+        if finish.status == "lost":
+            log.warning("job %s: lease lost before the outcome was recorded; result discarded",
+                        job.id)
+        else:
+            self._log_outcome(job, outcome, finish.state)
+        return self._claimed(finish.next) if finish.next else None
+
+    def _record(self, job: Claimed, outcome: Outcome, want_next: bool) -> Finish | None:
+        jobs = self.config.jobs
+        try:
+            return self.store.finish(
+                job, outcome, worker=self.name, history_limit=jobs.history_limit,
+                claim_next=self.keys if want_next else None, lease_ms=self.lease_ms,
+            )
+        except RedisUnavailableError as error:
+            log.warning("job %s: cannot record the outcome yet: %s", job.id, error)
+
+        # The reply may have been lost after the script ran, so retry without
+        # claiming; a second run only reports the lease as lost.
+        recorded: list[Finish] = []
+
+        def attempt() -> None:
+            recorded.append(self.store.finish(
+                job, outcome, worker=self.name, history_limit=jobs.history_limit))
+
+        if wait_for_redis(attempt, self.signals, self.notifier, what="worker"):
+            return recorded[0]
+        return None
+
+    def _execute(self, job: Claimed) -> Outcome | None:
+        """Run the job's command; return its outcome, or None if the lease was lost."""
+        jobs = self.config.jobs
+        cwd = job.cwd or jobs.cwd
+        env = self._environment(job)
+        refused = rejection(job.command[0], self.config.security.allowed_commands, env["PATH"], cwd)
+        if refused:
+            return Outcome("dead", error=refused)
+        try:
+            process = spawn(job.command, env, cwd)
+        except SpawnError as error:
+            return Outcome("dead", error=str(error))
+
+        log.info("job %s started: attempt %d of %d, pid %d, command %s", job.id, job.attempts,
+                 int(job.record.get("max_retries", 0)) + 1, process.pid, _shown(job.command))
+        running = Running(process, jobs.output_limit, self.signals.read_fd)
+        reason = self._supervise(job, running)
+        assert running.exit is not None
+        return self._outcome(job, running, reason)
+
+    def _environment(self, job: Claimed) -> dict[str, str]:
+        env = {"PATH": self.config.jobs.path}
+        env.update(self.config.jobs.environment)
+        env.update(job.env)
+        env.update(QUEUECTL_JOB_ID=job.id, QUEUECTL_JOB_ATTEMPT=str(job.attempts),
+                   QUEUECTL_QUEUE=job.queue)
+        return env
+
+    def _supervise(self, job: Claimed, running: Running) -> str | None:
+        """Wait for the job to exit while heartbeating; return why it was stopped."""
+        settings = self.config.worker
+        deadline = running.started + job.timeout_s
+        next_beat = running.started + settings.heartbeat_interval_s
+        next_status = running.started
+        stop_deadline: float | None = None
+        reason: str | None = None
+
+        while True:
+            now = time.monotonic()
+            wake = min(next_beat, next_status + STATUS_EVERY_S, now + self.notifier.max_sleep_s(60.0))
+            if reason is None:
+                wake = min(wake, deadline, stop_deadline or wake)
+            elif running.term_sent_at is not None and not running.kill_sent:
+                wake = min(wake, running.term_sent_at + settings.kill_grace_s)
+            if running.pump(wake):
+                return reason
+            self.signals.drain()
+            now = time.monotonic()
+            self.notifier.watchdog()
+
+            if now >= next_status:
+                self.notifier.status(f"running job {job.id} for {now - running.started:.0f} s")
+                next_status = now + STATUS_EVERY_S
+            if self.signals.stopping and stop_deadline is None:
+                stop_deadline = now + settings.stop_timeout_s
+                log.info("job %s: stopping; the job has %.0f s to finish", job.id,
+                         settings.stop_timeout_s)
+            if self.signals.stop_count >= 2 and reason in (None, "stopping"):
+                reason = "stopping"
+                running.kill_now()
+            if now >= next_beat:
+                reason = self._heartbeat(job, reason) or reason
+                next_beat = now + settings.heartbeat_interval_s
+            if reason is None and now >= deadline:
+                reason = "timeout"
+            if reason is None and stop_deadline is not None and now >= stop_deadline:
+                reason = "stopping"
+            if reason is not None:
+                running.terminate()
+                running.escalate(settings.kill_grace_s)
+
+    def _heartbeat(self, job: Claimed, reason: str | None) -> str | None:
+        try:
+            beat = self.store.heartbeat(job, self.lease_ms)
+            self._beat_if_due()
+        except RedisUnavailableError as error:
+            log.warning("job %s: heartbeat failed, the job keeps running: %s", job.id, error)
+            return None
+        if beat == 0:
+            log.warning("job %s: lease lost (the job looked abandoned); killing it", job.id)
+            return "lease_lost"
+        if beat == 2 and reason is None:
+            log.info("job %s: cancel requested; stopping it", job.id)
+            return "cancelled"
+        return None
+
+    def _outcome(self, job: Claimed, running: Running, reason: str | None) -> Outcome | None:
+        assert running.exit is not None
+        exit_ = running.exit
+        base = {
+            "exit_code": exit_.exit_code,
+            "signal": exit_.signal,
+            "duration_ms": round(exit_.duration_s * 1000),
+            "stdout": running.stdout.text(),
+            "stderr": running.stderr.text(),
+        }
+        if reason == "lease_lost":
+            return None
+        if reason == "cancelled":
+            return Outcome("cancelled", error="cancelled while running", **base)
+        if reason == "stopping":
+            return Outcome("requeue", error="worker stopped before the job finished", **base)
+
+        if reason == "timeout":
+            error = f"timed out after {job.timeout_s:g} s"
+        elif exit_.signal is not None:
+            error = f"killed by {signal_name(exit_.signal)}"
+        elif exit_.exit_code == 0:
+            return Outcome("completed", **base)
+        else:
+            error = f"exited with code {exit_.exit_code}"
+        detail = running.stderr.last_line()
+        if detail:
+            error = f"{error}: {detail[:200]}"
+        jobs = self.config.jobs
+        delay_s = backoff_delay_s(job.attempts, jobs.backoff_base, jobs.backoff_max_s)
+        return Outcome("failed", error=error, retry_delay_ms=round(delay_s * 1000), **base)
+
+    def _log_outcome(self, job: Claimed, outcome: Outcome, state: str | None) -> None:
+        seconds = outcome.duration_ms / 1000
+        if state == "completed":
+            log.info("job %s completed in %.3f s", job.id, seconds)
+        elif state == "failed":
+            log.info("job %s failed (%s); retry in %.1f s", job.id, outcome.error,
+                     outcome.retry_delay_ms / 1000)
+        elif state == "dead":
+            log.warning("job %s dead: %s", job.id, outcome.error)
+        elif state == "cancelled":
+            log.info("job %s cancelled while running", job.id)
+        elif state == "pending":
+            log.info("job %s put back in its queue: %s", job.id, outcome.error)
+
+
+def _shown(command: Sequence[str]) -> str:
+    text = " ".join(command)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _is_worker_process(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as stream:
+            cmdline = stream.read()
+    except OSError:
+        return False
+    return b"queuectl" in cmdline and b"worker" in cmdline
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = daemon_arguments("Run queued jobs, one at a time.", argv)
+    parser.add_argument("--instance", default=os.environ.get("QUEUECTL_INSTANCE", "1"),
+                        help="instance name; the worker's name is <host>:<instance> (default: 1)")
+    args = parser.parse_args(argv)
+
+    def body(config: Config, signals: Signals, notifier: Notifier) -> None:
+        Worker(config, signals, notifier, args.instance, args.config).run()
+
+    sys.exit(run_daemon("queuectl-worker", body, args.config))
