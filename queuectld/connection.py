@@ -20,6 +20,7 @@ from redis.retry import Retry
 from .config import RedisConfig
 from .errors import ConfigError, RedisCommandError, RedisUnavailableError
 
+
 def display_url(url: str) -> str:
     """Return the URL with any password replaced by ``***``."""
     parts = urlsplit(url)
@@ -37,7 +38,9 @@ def read_password(path: str) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"redis.password_file: {path} not found; create it or fix the path") from None
+        raise ConfigError(
+            f"redis.password_file: {path} not found; create it or fix the path"
+        ) from None
     except PermissionError:
         raise ConfigError(
             f"redis.password_file: {path}: permission denied; make it readable by this user"
@@ -46,7 +49,9 @@ def read_password(path: str) -> str:
         raise ConfigError(f"redis.password_file: {path}: {error.strerror}") from None
     lines = text.splitlines()
     if not lines or not lines[0]:
-        raise ConfigError(f"redis.password_file: {path} is empty; put the password on its first line")
+        raise ConfigError(
+            f"redis.password_file: {path} is empty; put the password on its first line"
+        )
     return lines[0]
 
 
@@ -107,8 +112,14 @@ def translated(url: str) -> Iterator[None]:
 def describe(error: BaseException) -> str:
     """Return a short, single-line reason for a connection error."""
     text = str(error).strip() or type(error).__name__
-    for marker in ("Connection refused", "No such file or directory", "Timeout", "timed out",
-                   "Name or service not known", "Permission denied"):
+    for marker in (
+        "Connection refused",
+        "No such file or directory",
+        "Timeout",
+        "timed out",
+        "Name or service not known",
+        "Permission denied",
+    ):
         if marker.lower() in text.lower():
             return marker.lower()
     return text.splitlines()[0]

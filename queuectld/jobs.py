@@ -27,8 +27,18 @@ from .errors import JobSpecError
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SPEC_FIELDS = ("id", "command", "queue", "priority", "max_retries", "timeout",
-               "run_at", "delay", "env", "cwd")
+SPEC_FIELDS = (
+    "id",
+    "command",
+    "queue",
+    "priority",
+    "max_retries",
+    "timeout",
+    "run_at",
+    "delay",
+    "env",
+    "cwd",
+)
 PRIORITY_RANGE = (-1000, 1000)
 MAX_RETRIES = 1000
 MAX_TIMEOUT_S = 366 * 86400.0
@@ -110,7 +120,7 @@ def parse_json_spec(text: str, *, line: int | None = None) -> dict[str, Any]:
         raise JobSpecError(
             "json",
             f"malformed JSON at column {error.colno}: {error.msg}; "
-            "a spec looks like {\"command\": [\"echo\", \"hi\"]}",
+            'a spec looks like {"command": ["echo", "hi"]}',
             line=line,
         ) from None
     if not isinstance(value, dict):
@@ -159,8 +169,7 @@ def _job_id(value: Any) -> str:
         raise ValueError(f"must be a string, not {_type_name(value)}")
     if not ID_PATTERN.match(value):
         raise ValueError(
-            f"{_shown(value)} is not a valid id; use 1 to 128 characters "
-            "of A-Z a-z 0-9 . _ : -"
+            f"{_shown(value)} is not a valid id; use 1 to 128 characters of A-Z a-z 0-9 . _ : -"
         )
     return value
 
@@ -275,8 +284,15 @@ def _cwd(value: Any) -> str:
 
 
 def _type_name(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "an object", type(None): "null"}
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 

@@ -48,7 +48,9 @@ def setup(level: str = "info", *, program: str = "queuectl") -> None:
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(
-            logging.Formatter(f"%(asctime)s {program}[%(process)d] %(levelname)s %(name)s: %(message)s")
+            logging.Formatter(
+                f"%(asctime)s {program}[%(process)d] %(levelname)s %(name)s: %(message)s"
+            )
         )
     root = logging.getLogger("queuectld")
     root.handlers[:] = [handler]

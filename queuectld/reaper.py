@@ -40,7 +40,9 @@ def reap_once(store: Store, config: Config) -> PassReport:
         for job_id, state in taken:
             if state == "dead":
                 report.dead += 1
-                log.warning("job %s: its worker was lost and it has no retries left; now dead", job_id)
+                log.warning(
+                    "job %s: its worker was lost and it has no retries left; now dead", job_id
+                )
             else:
                 report.requeued += 1
                 log.warning("job %s: its worker was lost; requeued", job_id)
@@ -70,8 +72,13 @@ def _run(config: Config, signals: Signals, notifier: Notifier, loop_s: float | N
         try:
             report = reap_once(store, config)
             if report.requeued or report.dead or report.removed or report.workers_forgotten:
-                log.info("reaper pass: %d requeued, %d dead, %d records removed, %d workers forgotten",
-                         report.requeued, report.dead, report.removed, report.workers_forgotten)
+                log.info(
+                    "reaper pass: %d requeued, %d dead, %d records removed, %d workers forgotten",
+                    report.requeued,
+                    report.dead,
+                    report.removed,
+                    report.workers_forgotten,
+                )
         except RedisUnavailableError as error:
             if loop_s is None:
                 raise
@@ -89,8 +96,12 @@ def _run(config: Config, signals: Signals, notifier: Notifier, loop_s: float | N
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = daemon_arguments("Recover jobs of dead workers and remove expired records.", argv)
-    parser.add_argument("--loop", type=float, metavar="SECONDS",
-                        help="repeat every SECONDS until stopped (default: one pass)")
+    parser.add_argument(
+        "--loop",
+        type=float,
+        metavar="SECONDS",
+        help="repeat every SECONDS until stopped (default: one pass)",
+    )
     args = parser.parse_args(argv)
     if args.loop is not None and not 0 < args.loop <= 86400:
         parser.error(f"--loop must be from 0 to 86400 seconds, not {args.loop:g}")

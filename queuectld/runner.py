@@ -230,10 +230,11 @@ class Running:
 
     def escalate(self, grace_s: float) -> None:
         """Send SIGKILL if SIGTERM was sent ``grace_s`` ago or longer."""
-        if self.term_sent_at is not None and not self.kill_sent:
-            if time.monotonic() - self.term_sent_at >= grace_s:
-                self.kill_sent = True
-                self.signal_group(signal.SIGKILL)
+        if self.term_sent_at is None or self.kill_sent:
+            return
+        if time.monotonic() - self.term_sent_at >= grace_s:
+            self.kill_sent = True
+            self.signal_group(signal.SIGKILL)
 
     def kill_now(self) -> None:
         self.kill_sent = True

@@ -31,8 +31,9 @@ MAX_SLEEP_S = 1.0
 
 
 class Scheduler:
-    def __init__(self, config: Config, signals: Signals, notifier: Notifier,
-                 config_arg: str | None) -> None:
+    def __init__(
+        self, config: Config, signals: Signals, notifier: Notifier, config_arg: str | None
+    ) -> None:
         self.config = config
         self.signals = signals
         self.notifier = notifier
@@ -106,7 +107,9 @@ class Scheduler:
                 return
             if due.next_due_ms is not None:
                 sleep_s = min(sleep_s, (due.next_due_ms - due.now_ms + 1) / 1000)
-            self.notifier.status("leader: moving due jobs" if due.next_due_ms else "leader: nothing scheduled")
+            self.notifier.status(
+                "leader: moving due jobs" if due.next_due_ms else "leader: nothing scheduled"
+            )
         self._sleep(min(sleep_s, self.notifier.max_sleep_s(MAX_SLEEP_S)))
 
     def _hold_lock(self, lock_timeout_s: float) -> None:

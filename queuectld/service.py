@@ -114,7 +114,9 @@ def _watchdog_interval() -> float | None:
 
 def daemon_arguments(description: str, argv: Sequence[str] | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", help="config file (default: $QUEUECTL_CONFIG or /etc/queuectl/queuectl.toml)")
+    parser.add_argument(
+        "--config", help="config file (default: $QUEUECTL_CONFIG or /etc/queuectl/queuectl.toml)"
+    )
     parser.add_argument("--version", action="version", version=__version__)
     return parser
 
@@ -146,8 +148,9 @@ def wait_for_redis(
     return False
 
 
-def run_daemon(program: str, body: Callable[[Config, Signals, Notifier], None],
-               config_arg: str | None) -> int:
+def run_daemon(
+    program: str, body: Callable[[Config, Signals, Notifier], None], config_arg: str | None
+) -> int:
     """Load the config, set up logging and signals, and run ``body``.
 
     Returns the exit code: 0 after a clean stop, ``ExitCode.CONFIG`` when the
@@ -178,7 +181,9 @@ def run_daemon(program: str, body: Callable[[Config, Signals, Notifier], None],
 
 def reload_config(config_arg: str | None, config: Config, notifier: Notifier) -> Config:
     """Reload the config after SIGHUP; keep the old one if the new one is invalid."""
-    notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+    notifier.send(
+        f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+    )
     try:
         fresh = load(config_arg)
     except QueueError as error:
@@ -189,4 +194,3 @@ def reload_config(config_arg: str | None, config: Config, notifier: Notifier) ->
     log.info("config reloaded from %s", fresh.path)
     notifier.send("READY=1")
     return fresh
-

@@ -30,8 +30,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-import redis
-
 from .config import Config
 from .connection import connect, translated
 from .errors import ConflictError, NotFoundError
@@ -162,7 +160,7 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         for id_ in ids:
             pipe.hexists(self.keys.jobs, id_)
-        for id_, exists in zip(ids, pipe.execute()):
+        for id_, exists in zip(ids, pipe.execute(), strict=True):
             if exists:
                 raise ConflictError(
                     f"job id {id_!r} is already in use; choose another id, "
@@ -205,19 +203,36 @@ class Store:
         if outcome.stdout is not None or outcome.stderr is not None:
             output = json.dumps({"stdout": outcome.stdout or "", "stderr": outcome.stderr or ""})
         keys = [
-            k.jobs, k.output, k.processing, k.completed, k.failed, k.dead, k.cancelled,
-            k.held, k.seq, k.queue(job.queue), k.notify(job.queue),
+            k.jobs,
+            k.output,
+            k.processing,
+            k.completed,
+            k.failed,
+            k.dead,
+            k.cancelled,
+            k.held,
+            k.seq,
+            k.queue(job.queue),
+            k.notify(job.queue),
         ]
         if claim_next is not None:
             keys += claim_next.pairs
         reply = self.scripts.finish(
             keys=keys,
             args=[
-                job.id, job.lease, outcome.kind,
+                job.id,
+                job.lease,
+                outcome.kind,
                 "" if outcome.exit_code is None else outcome.exit_code,
                 "" if outcome.signal is None else outcome.signal,
-                outcome.duration_ms, outcome.error, output, outcome.retry_delay_ms,
-                history_limit, worker, "1" if claim_next is not None else "0", lease_ms,
+                outcome.duration_ms,
+                outcome.error,
+                output,
+                outcome.retry_delay_ms,
+                history_limit,
+                worker,
+                "1" if claim_next is not None else "0",
+                lease_ms,
             ],
         )
         state = _text(reply[1]) if reply[1] is not None else None
@@ -228,7 +243,9 @@ class Store:
     def heartbeat(self, job: Claimed, lease_ms: int) -> int:
         """Renew the lease: 1 renewed, 2 renewed with a cancel requested, 0 lost."""
         k = self.keys
-        return int(self.scripts.heartbeat(keys=[k.jobs, k.processing], args=[job.id, job.lease, lease_ms]))
+        return int(
+            self.scripts.heartbeat(keys=[k.jobs, k.processing], args=[job.id, job.lease, lease_ms])
+        )
 
     @_translate
     def reclaim(self, worker: str) -> tuple[str, str] | None:
@@ -258,10 +275,14 @@ class Store:
     def reap(self, limit: int) -> list[tuple[str, str]]:
         """Requeue or dead-letter up to ``limit`` jobs whose lease expired."""
         now_ms = self.now_ms()
-        ids = [_text(i) for i in self.client.zrangebyscore(
-            self.keys.processing, "-inf", now_ms, start=0, num=limit)]
+        ids = [
+            _text(i)
+            for i in self.client.zrangebyscore(
+                self.keys.processing, "-inf", now_ms, start=0, num=limit
+            )
+        ]
         by_queue: dict[str, list[tuple[str, str]]] = {}
-        for job_id, record in zip(ids, self._records(ids)):
+        for job_id, record in zip(ids, self._records(ids), strict=True):
             if record is not None and record.get("lease") is not None:
                 by_queue.setdefault(str(record["queue"]), []).append((job_id, _lease(record)))
         taken: list[tuple[str, str]] = []
@@ -269,7 +290,9 @@ class Store:
             taken += self._requeue_lost("expired", queue, jobs)
         return taken
 
-    def _requeue_lost(self, mode: str, queue: str, jobs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    def _requeue_lost(
+        self, mode: str, queue: str, jobs: Iterable[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
         k = self.keys
         args: list[Any] = [mode, self.config.jobs.history_limit]
         for job_id, lease in jobs:
@@ -279,7 +302,7 @@ class Store:
             args=args,
         )
         items = [_text(item) for item in reply]
-        return list(zip(items[0::2], items[1::2]))
+        return list(zip(items[0::2], items[1::2], strict=True))
 
     @_translate
     def remove_finished(self, state: str, age_s: float, limit: int) -> int:
@@ -287,16 +310,22 @@ class Store:
         if state not in FINAL_STATES:
             raise ValueError(f"{state} is not a final state")
         k = self.keys
-        return int(self.scripts.remove_finished(
-            keys=[k.state_set(state), k.jobs, k.output], args=[round(age_s * 1000), limit]))
+        return int(
+            self.scripts.remove_finished(
+                keys=[k.state_set(state), k.jobs, k.output], args=[round(age_s * 1000), limit]
+            )
+        )
 
     @_translate
-    def forget_workers(self, names: Sequence[str] = (), *, silent_s: float | None = None,
-                       limit: int = 1000) -> int:
+    def forget_workers(
+        self, names: Sequence[str] = (), *, silent_s: float | None = None, limit: int = 1000
+    ) -> int:
         """Remove named workers, and those silent for ``silent_s`` seconds."""
         k = self.keys
         age = "" if silent_s is None else round(silent_s * 1000)
-        return int(self.scripts.worker_gone(keys=[k.workers, k.worker_info], args=[age, limit, *names]))
+        return int(
+            self.scripts.worker_gone(keys=[k.workers, k.worker_info], args=[age, limit, *names])
+        )
 
     # --- scheduler -----------------------------------------------------------
 
@@ -316,16 +345,23 @@ class Store:
         now_ms = self.now_ms()
         moved = 0
         for source in (k.scheduled, k.failed):
-            ids = [_text(i) for i in self.client.zrangebyscore(source, "-inf", now_ms, start=0, num=limit)]
+            ids = [
+                _text(i)
+                for i in self.client.zrangebyscore(source, "-inf", now_ms, start=0, num=limit)
+            ]
             by_queue: dict[str, list[str]] = {}
-            for job_id, record in zip(ids, self._records(ids)):
+            for job_id, record in zip(ids, self._records(ids), strict=True):
                 queue = record.get("queue") if record else None
-                by_queue.setdefault(queue if isinstance(queue, str) else "default", []).append(job_id)
+                by_queue.setdefault(queue if isinstance(queue, str) else "default", []).append(
+                    job_id
+                )
             for queue, queue_ids in by_queue.items():
-                moved += int(self.scripts.move_due(
-                    keys=[k.jobs, source, k.seq, k.dead, k.queue(queue), k.notify(queue)],
-                    args=queue_ids,
-                ))
+                moved += int(
+                    self.scripts.move_due(
+                        keys=[k.jobs, source, k.seq, k.dead, k.queue(queue), k.notify(queue)],
+                        args=queue_ids,
+                    )
+                )
         pipe = self.client.pipeline(transaction=False)
         pipe.zrange(k.scheduled, 0, 0, withscores=True)
         pipe.zrange(k.failed, 0, 0, withscores=True)
@@ -347,14 +383,23 @@ class Store:
         record = self.get_job(job_id)
         k = self.keys
         reply = self.scripts.cancel(
-            keys=[k.jobs, k.scheduled, k.failed, k.processing, k.cancelled, k.queue(str(record["queue"]))],
+            keys=[
+                k.jobs,
+                k.scheduled,
+                k.failed,
+                k.processing,
+                k.cancelled,
+                k.queue(str(record["queue"])),
+            ],
             args=[job_id],
         )
         result, state = _text(reply[0]), _text(reply[1]) if reply[1] is not None else None
         if result == "not_found":
             raise NotFoundError(f"no job with id {job_id!r}; see `queuectl list`")
         if result == "final":
-            raise ConflictError(f"job {job_id} is already {state}; only unfinished jobs can be cancelled")
+            raise ConflictError(
+                f"job {job_id} is already {state}; only unfinished jobs can be cancelled"
+            )
         return result
 
     @_translate
@@ -371,9 +416,8 @@ class Store:
         if result == "not_found":
             raise NotFoundError(f"no job with id {job_id!r}; see `queuectl list`")
         if result == "conflict":
-            raise ConflictError(
-                f"job {job_id} is {_text(reply[1])}; only {' or '.join(allowed)} jobs can be retried"
-            )
+            state, allowed_text = _text(reply[1]), " or ".join(allowed)
+            raise ConflictError(f"job {job_id} is {state}; only {allowed_text} jobs can be retried")
 
     # --- workers -------------------------------------------------------------
 
@@ -381,7 +425,9 @@ class Store:
     def beat_worker(self, name: str, info: Mapping[str, Any]) -> int:
         """Record that worker ``name`` is alive; returns Redis time in ms."""
         k = self.keys
-        return int(self.scripts.worker_beat(keys=[k.workers, k.worker_info], args=[name, json.dumps(info)]))
+        return int(
+            self.scripts.worker_beat(keys=[k.workers, k.worker_info], args=[name, json.dumps(info)])
+        )
 
     @_translate
     def workers(self) -> list[dict[str, Any]]:
@@ -391,7 +437,7 @@ class Store:
         names = [_text(name) for name, _ in beats]
         infos = self.client.hmget(k.worker_info, names) if names else []
         result = []
-        for (name, beat), info in zip(beats, infos):
+        for (name, beat), info in zip(beats, infos, strict=True):
             entry = _json_or_empty(info)
             entry.update(name=_text(name), last_beat_ms=int(beat))
             result.append(entry)
@@ -432,10 +478,13 @@ class Store:
         for queue in queues:
             pipe.zcard(k.queue(queue))
         replies = pipe.execute()
-        states = dict(zip(others, (int(n) for n in replies[: len(others)])))
-        pending = dict(zip(queues, (int(n) for n in replies[len(others) :])))
+        states = dict(zip(others, (int(n) for n in replies[: len(others)]), strict=True))
+        pending = dict(zip(queues, (int(n) for n in replies[len(others) :]), strict=True))
         states["pending"] = sum(pending.values())
-        return {"states": {state: states[state] for state in JOB_STATES}, "pending_by_queue": pending}
+        return {
+            "states": {state: states[state] for state in JOB_STATES},
+            "pending_by_queue": pending,
+        }
 
     @_translate
     def list_jobs(self, state: str | None, queue: str | None, limit: int) -> list[dict[str, Any]]:
@@ -467,12 +516,13 @@ class Store:
         if queue is None:
             return [_text(i) for i in self.client.zrange(key, 0, limit - 1)]
         # Only pending jobs are indexed by queue; others are filtered page by page.
-        page, start, ids = 500, 0, []
+        page, start = 500, 0
+        ids: list[str] = []
         while len(ids) < limit:
             chunk = [_text(i) for i in self.client.zrange(key, start, start + page - 1)]
             if not chunk:
                 break
-            for job_id, record in zip(chunk, self._records(chunk)):
+            for job_id, record in zip(chunk, self._records(chunk), strict=True):
                 if record is not None and record.get("queue") == queue:
                     ids.append(job_id)
             start += page
@@ -486,7 +536,10 @@ class Store:
         if not ids:
             return []
         raws = self.client.hmget(self.keys.jobs, list(ids))
-        return [None if raw is None else _decode_record(i, raw) for i, raw in zip(ids, raws)]
+        return [
+            None if raw is None else _decode_record(i, raw)
+            for i, raw in zip(ids, raws, strict=True)
+        ]
 
     @_translate
     def ping(self) -> None:

@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from . import __version__
 from .allowlist import rejection
@@ -58,8 +59,14 @@ def signal_name(number: int) -> str:
 class Worker:
     """One worker process and its main loop."""
 
-    def __init__(self, config: Config, signals: Signals, notifier: Notifier,
-                 instance: str, config_arg: str | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        signals: Signals,
+        notifier: Notifier,
+        instance: str,
+        config_arg: str | None,
+    ) -> None:
         self.config = config
         self.signals = signals
         self.notifier = notifier
@@ -86,8 +93,12 @@ class Worker:
         if not wait_for_redis(self._start, self.signals, self.notifier, what="worker"):
             return
         self.notifier.ready(self.idle_text)
-        log.info("worker %s started, pid %d, queues %s", self.name, os.getpid(),
-                 ",".join(self.config.worker.queues))
+        log.info(
+            "worker %s started, pid %d, queues %s",
+            self.name,
+            os.getpid(),
+            ",".join(self.config.worker.queues),
+        )
         while not self.signals.stopping:
             if self.signals.reload:
                 self._reload()
@@ -102,8 +113,12 @@ class Worker:
         self._check_predecessor()
         taken = self.store.reclaim(self.name)
         if taken:
-            log.warning("job %s: took it back from the previous process of %s; now %s",
-                        taken[0], self.name, taken[1])
+            log.warning(
+                "job %s: took it back from the previous process of %s; now %s",
+                taken[0],
+                self.name,
+                taken[1],
+            )
         self._beat()
 
     def _check_predecessor(self) -> None:
@@ -155,7 +170,9 @@ class Worker:
 
     def _claimed(self, claim: Claim) -> Claimed | None:
         for job_id in claim.skipped:
-            log.error("job %s: record unreadable or missing; moved to the dead-letter queue", job_id)
+            log.error(
+                "job %s: record unreadable or missing; moved to the dead-letter queue", job_id
+            )
         return claim.job
 
     def _idle_wait(self) -> None:
@@ -171,15 +188,18 @@ class Worker:
 
     def _beat(self) -> None:
         job = self.current
-        self.store.beat_worker(self.name, {
-            "host": self.host,
-            "instance": self.instance,
-            "pid": os.getpid(),
-            "queues": list(self.config.worker.queues),
-            "job": job.id if job else None,
-            "started": round(self.started_at),
-            "version": __version__,
-        })
+        self.store.beat_worker(
+            self.name,
+            {
+                "host": self.host,
+                "instance": self.instance,
+                "pid": os.getpid(),
+                "queues": list(self.config.worker.queues),
+                "job": job.id if job else None,
+                "started": round(self.started_at),
+                "version": __version__,
+            },
+        )
         self.next_beat = time.monotonic() + self.config.worker.heartbeat_interval_s
 
     # --- running -------------------------------------------------------------
@@ -199,8 +219,9 @@ class Worker:
         if finish is None:
             return None
         if finish.status == "lost":
-            log.warning("job %s: lease lost before the outcome was recorded; result discarded",
-                        job.id)
+            log.warning(
+                "job %s: lease lost before the outcome was recorded; result discarded", job.id
+            )
         else:
             self._log_outcome(job, outcome, finish.state)
         return self._claimed(finish.next) if finish.next else None
@@ -209,8 +230,12 @@ class Worker:
         jobs = self.config.jobs
         try:
             return self.store.finish(
-                job, outcome, worker=self.name, history_limit=jobs.history_limit,
-                claim_next=self.keys if want_next else None, lease_ms=self.lease_ms,
+                job,
+                outcome,
+                worker=self.name,
+                history_limit=jobs.history_limit,
+                claim_next=self.keys if want_next else None,
+                lease_ms=self.lease_ms,
             )
         except RedisUnavailableError as error:
             log.warning("job %s: cannot record the outcome yet: %s", job.id, error)
@@ -220,8 +245,9 @@ class Worker:
         recorded: list[Finish] = []
 
         def attempt() -> None:
-            recorded.append(self.store.finish(
-                job, outcome, worker=self.name, history_limit=jobs.history_limit))
+            recorded.append(
+                self.store.finish(job, outcome, worker=self.name, history_limit=jobs.history_limit)
+            )
 
         if wait_for_redis(attempt, self.signals, self.notifier, what="worker"):
             return recorded[0]
@@ -240,8 +266,14 @@ class Worker:
         except SpawnError as error:
             return Outcome("dead", error=str(error))
 
-        log.info("job %s started: attempt %d of %d, pid %d, command %s", job.id, job.attempts,
-                 int(job.record.get("max_retries", 0)) + 1, process.pid, _shown(job.command))
+        log.info(
+            "job %s started: attempt %d of %d, pid %d, command %s",
+            job.id,
+            job.attempts,
+            int(job.record.get("max_retries", 0)) + 1,
+            process.pid,
+            _shown(job.command),
+        )
         running = Running(process, jobs.output_limit, self.signals.read_fd)
         reason = self._supervise(job, running)
         assert running.exit is not None
@@ -251,8 +283,9 @@ class Worker:
         env = {"PATH": self.config.jobs.path}
         env.update(self.config.jobs.environment)
         env.update(job.env)
-        env.update(QUEUECTL_JOB_ID=job.id, QUEUECTL_JOB_ATTEMPT=str(job.attempts),
-                   QUEUECTL_QUEUE=job.queue)
+        env.update(
+            QUEUECTL_JOB_ID=job.id, QUEUECTL_JOB_ATTEMPT=str(job.attempts), QUEUECTL_QUEUE=job.queue
+        )
         return env
 
     def _supervise(self, job: Claimed, running: Running) -> str | None:
@@ -266,7 +299,9 @@ class Worker:
 
         while True:
             now = time.monotonic()
-            wake = min(next_beat, next_status + STATUS_EVERY_S, now + self.notifier.max_sleep_s(60.0))
+            wake = min(
+                next_beat, next_status + STATUS_EVERY_S, now + self.notifier.max_sleep_s(60.0)
+            )
             if reason is None:
                 wake = min(wake, deadline, stop_deadline or wake)
             elif running.term_sent_at is not None and not running.kill_sent:
@@ -282,8 +317,11 @@ class Worker:
                 next_status = now + STATUS_EVERY_S
             if self.signals.stopping and stop_deadline is None:
                 stop_deadline = now + settings.stop_timeout_s
-                log.info("job %s: stopping; the job has %.0f s to finish", job.id,
-                         settings.stop_timeout_s)
+                log.info(
+                    "job %s: stopping; the job has %.0f s to finish",
+                    job.id,
+                    settings.stop_timeout_s,
+                )
             if self.signals.stop_count >= 2 and reason in (None, "stopping"):
                 reason = "stopping"
                 running.kill_now()
@@ -316,26 +354,27 @@ class Worker:
     def _outcome(self, job: Claimed, running: Running, reason: str | None) -> Outcome | None:
         assert running.exit is not None
         exit_ = running.exit
-        base = {
-            "exit_code": exit_.exit_code,
-            "signal": exit_.signal,
-            "duration_ms": round(exit_.duration_s * 1000),
-            "stdout": running.stdout.text(),
-            "stderr": running.stderr.text(),
-        }
+        result = Outcome(
+            "completed",
+            exit_code=exit_.exit_code,
+            signal=exit_.signal,
+            duration_ms=round(exit_.duration_s * 1000),
+            stdout=running.stdout.text(),
+            stderr=running.stderr.text(),
+        )
         if reason == "lease_lost":
             return None
         if reason == "cancelled":
-            return Outcome("cancelled", error="cancelled while running", **base)
+            return replace(result, kind="cancelled", error="cancelled while running")
         if reason == "stopping":
-            return Outcome("requeue", error="worker stopped before the job finished", **base)
+            return replace(result, kind="requeue", error="worker stopped before the job finished")
 
         if reason == "timeout":
             error = f"timed out after {job.timeout_s:g} s"
         elif exit_.signal is not None:
             error = f"killed by {signal_name(exit_.signal)}"
         elif exit_.exit_code == 0:
-            return Outcome("completed", **base)
+            return result
         else:
             error = f"exited with code {exit_.exit_code}"
         detail = running.stderr.last_line()
@@ -343,15 +382,19 @@ class Worker:
             error = f"{error}: {detail[:200]}"
         jobs = self.config.jobs
         delay_s = backoff_delay_s(job.attempts, jobs.backoff_base, jobs.backoff_max_s)
-        return Outcome("failed", error=error, retry_delay_ms=round(delay_s * 1000), **base)
+        return replace(result, kind="failed", error=error, retry_delay_ms=round(delay_s * 1000))
 
     def _log_outcome(self, job: Claimed, outcome: Outcome, state: str | None) -> None:
         seconds = outcome.duration_ms / 1000
         if state == "completed":
             log.info("job %s completed in %.3f s", job.id, seconds)
         elif state == "failed":
-            log.info("job %s failed (%s); retry in %.1f s", job.id, outcome.error,
-                     outcome.retry_delay_ms / 1000)
+            log.info(
+                "job %s failed (%s); retry in %.1f s",
+                job.id,
+                outcome.error,
+                outcome.retry_delay_ms / 1000,
+            )
         elif state == "dead":
             log.warning("job %s dead: %s", job.id, outcome.error)
         elif state == "cancelled":
@@ -376,8 +419,11 @@ def _is_worker_process(pid: int) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = daemon_arguments("Run queued jobs, one at a time.", argv)
-    parser.add_argument("--instance", default=os.environ.get("QUEUECTL_INSTANCE", "1"),
-                        help="instance name; the worker's name is <host>:<instance> (default: 1)")
+    parser.add_argument(
+        "--instance",
+        default=os.environ.get("QUEUECTL_INSTANCE", "1"),
+        help="instance name; the worker's name is <host>:<instance> (default: 1)",
+    )
     args = parser.parse_args(argv)
 
     def body(config: Config, signals: Signals, notifier: Notifier) -> None:

@@ -60,9 +60,24 @@ def start_redis(folder: Path, *extra: str) -> RedisServer:
     folder.mkdir(parents=True, exist_ok=True)
     socket = folder / "redis.sock"
     process = subprocess.Popen(
-        [server, "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700",
-         "--save", "", "--appendonly", "no", "--dir", str(folder), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            server,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -132,23 +147,43 @@ class Env:
         return Store(self.config)
 
     def environ(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("QUEUECTL_", "NOTIFY_", "WATCHDOG_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("QUEUECTL_", "NOTIFY_", "WATCHDOG_"))
+        }
         env["QUEUECTL_CONFIG"] = str(self.config_path)
         return env
 
-    def cli(self, *args: str, input: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``queuectl ARGS`` with this test's config."""
-        result = subprocess.run([str(BIN / "queuectl"), *args], capture_output=True, text=True,
-                                input=input, env=self.environ(), timeout=60)
+        result = subprocess.run(
+            [str(BIN / "queuectl"), *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            env=self.environ(),
+            timeout=60,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"queuectl {' '.join(args)} exited {result.returncode}: {result.stderr}")
+            raise AssertionError(
+                f"queuectl {' '.join(args)} exited {result.returncode}: {result.stderr}"
+            )
         return result
 
-    def spawn(self, program: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, program: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start a daemon such as ``queuectl-worker``; it is stopped after the test."""
         log = open(self.folder / f"{program}-{len(self.processes)}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen([str(BIN / program), *args], stdout=log, stderr=subprocess.STDOUT,
-                                   env={**self.environ(), **(env or {})})
+        process = subprocess.Popen(
+            [str(BIN / program), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**self.environ(), **(env or {})},
+        )
         log.close()
         self.processes.append(process)
         return process
@@ -156,7 +191,7 @@ class Env:
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("*.log")))
 
-    def keys(self) -> list[str]:
+    def namespace_keys(self) -> list[str]:
         client = self.server.client()
         return sorted(k.decode() for k in client.scan_iter(match="{" + self.namespace + "}:*"))
 
@@ -179,8 +214,13 @@ def env(redis_server: RedisServer, tmp_path: Path) -> Iterator[Env]:
     test_env = Env(redis_server, namespace, tmp_path, tmp_path / "queuectl.toml", {})
     test_env.write_config(
         redis={"url": redis_server.url, "namespace": namespace},
-        worker={"heartbeat_interval": 0.2, "lease_timeout": 1.0, "stop_timeout": 5.0,
-                "kill_grace": 0.5, "run_dir": str(tmp_path / "run")},
+        worker={
+            "heartbeat_interval": 0.2,
+            "lease_timeout": 1.0,
+            "stop_timeout": 5.0,
+            "kill_grace": 0.5,
+            "run_dir": str(tmp_path / "run"),
+        },
         jobs={"backoff_base": 1.0, "backoff_max": 0.2, "cwd": str(tmp_path)},
         scheduler={"lock_timeout": 1.0},
     )
@@ -190,5 +230,5 @@ def env(redis_server: RedisServer, tmp_path: Path) -> Iterator[Env]:
         if process.poll() is None:
             stop_pid(process.pid, signal.SIGTERM)
             process.wait()
-    stray = [key for key in test_env.keys() if not SCHEMA_KEY.match(key)]
+    stray = [key for key in test_env.namespace_keys() if not SCHEMA_KEY.match(key)]
     assert not stray, f"keys outside the schema were left behind: {stray}"

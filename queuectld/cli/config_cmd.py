@@ -72,8 +72,12 @@ def _jsonable(value: Any) -> Any:
 
 def show_command(args: argparse.Namespace, config: Config) -> int:
     if args.json:
-        print_json({key: {"value": _jsonable(config.get(key)), "source": config.source(key)}
-                    for key in KEYS})
+        print_json(
+            {
+                key: {"value": _jsonable(config.get(key)), "source": config.source(key)}
+                for key in KEYS
+            }
+        )
         return 0
     for key in KEYS:
         value = config.get(key)
@@ -122,7 +126,8 @@ def _read_dropin(path: Path) -> dict[str, dict[str, Any]]:
         return {}
     try:
         with path.open("rb") as stream:
-            return tomllib.load(stream)
+            document: dict[str, dict[str, Any]] = tomllib.load(stream)
+            return document
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"{path}: cannot read it ({error}); fix or remove the file") from None
 
@@ -150,7 +155,9 @@ def _reload_daemons(config: Config) -> None:
     if systemd_manages_workers():
         result = subprocess.run(
             ["systemctl", "reload", "queuectl-scheduler.service", "queuectl-worker@*.service"],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode == 0:
             print("asked running daemons to reload")

@@ -61,19 +61,27 @@ def _version(server: dict[str, Any]) -> Check:
 def _eviction(memory: dict[str, Any]) -> Check:
     policy = str(memory.get("maxmemory_policy", "unknown"))
     if policy != "noeviction":
-        return Check("warning", "maxmemory-policy",
-                     f"{policy}: Redis may evict job records when memory is full; "
-                     "set maxmemory-policy noeviction")
+        return Check(
+            "warning",
+            "maxmemory-policy",
+            f"{policy}: Redis may evict job records when memory is full; "
+            "set maxmemory-policy noeviction",
+        )
     return Check("ok", "maxmemory-policy", policy)
 
 
 def _persistence(persistence: dict[str, Any]) -> Check:
     if int(persistence.get("aof_enabled", 0)):
         return Check("ok", "persistence", "append-only file enabled")
-    if int(persistence.get("rdb_changes_since_last_save", 0)) >= 0 and persistence.get("rdb_last_save_time"):
-        return Check("warning", "persistence",
-                     "RDB snapshots only: jobs enqueued since the last snapshot are lost if Redis "
-                     "crashes; set appendonly yes")
+    if int(persistence.get("rdb_changes_since_last_save", 0)) >= 0 and persistence.get(
+        "rdb_last_save_time"
+    ):
+        return Check(
+            "warning",
+            "persistence",
+            "RDB snapshots only: jobs enqueued since the last snapshot are lost if Redis "
+            "crashes; set appendonly yes",
+        )
     return Check("warning", "persistence", "no persistence: a Redis restart loses every job")
 
 
@@ -84,7 +92,9 @@ def _clock(store: Store) -> Check:
     skew_s = redis_ms / 1000 - (before + after) / 2
     detail = f"host clock is {abs(skew_s):.3f} s {'behind' if skew_s > 0 else 'ahead of'} Redis"
     if abs(skew_s) > SKEW_WARN_S:
-        return Check("warning", "clock skew", detail + "; queuectl uses Redis time, but logs will disagree")
+        return Check(
+            "warning", "clock skew", detail + "; queuectl uses Redis time, but logs will disagree"
+        )
     return Check("ok", "clock skew", detail)
 
 

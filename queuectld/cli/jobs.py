@@ -18,33 +18,50 @@ from .output import ago, describe_exit, format_ms, print_json, print_table, shor
 MAX_LIMIT = 10000
 # Option name -> spec field, for options that fill in spec fields.
 FIELD_OPTIONS = {
-    "id": "id", "queue": "queue", "priority": "priority", "max_retries": "max_retries",
-    "timeout": "timeout", "run_at": "run_at", "delay": "delay", "cwd": "cwd",
+    "id": "id",
+    "queue": "queue",
+    "priority": "priority",
+    "max_retries": "max_retries",
+    "timeout": "timeout",
+    "run_at": "run_at",
+    "delay": "delay",
+    "cwd": "cwd",
 }
 
 
 def add_parsers(commands: Any) -> None:
     enqueue = commands.add_parser(
-        "enqueue", help="add jobs",
+        "enqueue",
+        help="add jobs",
         description="Add a job from a JSON spec, a JSON-lines file, or an argv after --.",
-        epilog="examples: queuectl enqueue '{\"command\": [\"gzip\", \"-k\", \"/srv/app.log\"]}'\n"
-               "          queuectl enqueue --queue mail -- /usr/bin/send-report --daily",
+        epilog='examples: queuectl enqueue \'{"command": ["gzip", "-k", "/srv/app.log"]}\'\n'
+        "          queuectl enqueue --queue mail -- /usr/bin/send-report --daily",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     enqueue.add_argument("spec", nargs="?", help="the job spec as a JSON object")
-    enqueue.add_argument("--file", metavar="FILE", help="JSON lines, one spec per line ('-' reads stdin)")
+    enqueue.add_argument(
+        "--file", metavar="FILE", help="JSON lines, one spec per line ('-' reads stdin)"
+    )
     enqueue.add_argument("--id", help="job id (default: generated)")
     enqueue.add_argument("--queue", help="queue name (default: default)")
     enqueue.add_argument("--priority", type=int, help="higher runs first (default: 0)")
     enqueue.add_argument("--max-retries", type=int, help="retries after the first attempt")
     enqueue.add_argument("--timeout", type=float, help="seconds a run may take")
     enqueue.add_argument("--run-at", metavar="TIME", help="RFC 3339 time to run at")
-    enqueue.add_argument("--delay", type=float, metavar="SECONDS", help="run this many seconds from now")
-    enqueue.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                         help="extra environment variable (repeatable)")
+    enqueue.add_argument(
+        "--delay", type=float, metavar="SECONDS", help="run this many seconds from now"
+    )
+    enqueue.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment variable (repeatable)",
+    )
     enqueue.add_argument("--cwd", help="working directory")
-    enqueue.add_argument("--if-absent", action="store_true",
-                         help="if the id is in use, keep that job and succeed")
+    enqueue.add_argument(
+        "--if-absent", action="store_true", help="if the id is in use, keep that job and succeed"
+    )
     enqueue.add_argument("--json", action="store_true", help="print the result as JSON")
     enqueue.set_defaults(handler=enqueue_command, wants_argv=True)
 
@@ -144,8 +161,11 @@ def _file_specs(path: str, overrides: dict[str, Any], config: Config) -> Iterato
             raw.update(overrides)
             spec = validate(raw, config.jobs, line=number)
             if spec.id in seen:
-                raise JobSpecError("id", f"{spec.id!r} is also on line {seen[spec.id]}; ids must be unique",
-                                   line=number)
+                raise JobSpecError(
+                    "id",
+                    f"{spec.id!r} is also on line {seen[spec.id]}; ids must be unique",
+                    line=number,
+                )
             seen[spec.id] = number
             yield spec
     if not seen:
@@ -156,7 +176,7 @@ def _open_input(path: str) -> TextIO:
     if path == "-":
         return sys.stdin
     try:
-        return open(path, encoding="utf-8")  # noqa: SIM115 - closed by the caller's with
+        return open(path, encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"--file {path}: no such file") from None
     except OSError as error:
@@ -182,7 +202,9 @@ def status_command(args: argparse.Namespace, config: Config) -> int:
     counts = store.counts()
     workers = store.workers()
     now_ms = store.now_ms()
-    alive = [w for w in workers if now_ms - w["last_beat_ms"] <= config.worker.lease_timeout_s * 1000]
+    alive = [
+        w for w in workers if now_ms - w["last_beat_ms"] <= config.worker.lease_timeout_s * 1000
+    ]
     if args.json:
         print_json({**counts, "workers": len(alive)})
         return 0
@@ -204,11 +226,15 @@ def _checked_limit(limit: int) -> int:
 def list_command(args: argparse.Namespace, config: Config) -> int:
     limit = _checked_limit(args.limit)
     if args.state is not None and args.state not in JOB_STATES:
-        raise UsageError(f"--state {args.state!r} is not a state; use one of: {', '.join(JOB_STATES)}")
+        raise UsageError(
+            f"--state {args.state!r} is not a state; use one of: {', '.join(JOB_STATES)}"
+        )
     store = Store(config)
     if args.queue is not None and args.queue not in store.queue_names():
-        raise NotFoundError(f"--queue {args.queue!r}: no such queue; known queues: "
-                            f"{', '.join(store.queue_names()) or 'none yet'}")
+        raise NotFoundError(
+            f"--queue {args.queue!r}: no such queue; known queues: "
+            f"{', '.join(store.queue_names()) or 'none yet'}"
+        )
     records = store.list_jobs(args.state, args.queue, limit)
     _print_records(records, args.json)
     return 0
@@ -219,8 +245,16 @@ def _print_records(records: Sequence[dict[str, Any]], as_json: bool) -> None:
         print_json(records)
         return
     rows = [
-        [r.get("id"), r.get("state"), r.get("queue"), r.get("priority", "-"), r.get("attempts", "-"),
-         short_command(r.get("command")) if r.get("state") != "dead" else (r.get("error") or "-")]
+        [
+            r.get("id"),
+            r.get("state"),
+            r.get("queue"),
+            r.get("priority", "-"),
+            r.get("attempts", "-"),
+            short_command(r.get("command"))
+            if r.get("state") != "dead"
+            else (r.get("error") or "-"),
+        ]
         for r in records
     ]
     print_table(["ID", "STATE", "QUEUE", "PRI", "ATTEMPTS", "COMMAND / ERROR"], rows)
@@ -257,9 +291,12 @@ def show_command(args: argparse.Namespace, config: Config) -> int:
     if history:
         print("\nhistory:")
         for entry in history:
-            print(f"  attempt {entry.get('attempt')}: {entry.get('outcome')} on {entry.get('worker')} "
-                  f"at {format_ms(entry.get('finished_ms'))}, {describe_exit(entry)}"
-                  f"{': ' + entry['error'] if entry.get('error') else ''}")
+            error = f": {entry['error']}" if entry.get("error") else ""
+            print(
+                f"  attempt {entry.get('attempt')}: {entry.get('outcome')} "
+                f"on {entry.get('worker')} at {format_ms(entry.get('finished_ms'))}, "
+                f"{describe_exit(entry)}{error}"
+            )
     for stream in ("stdout", "stderr"):
         text = output.get(stream)
         if text:
@@ -274,8 +311,10 @@ def show_command(args: argparse.Namespace, config: Config) -> int:
 def cancel_command(args: argparse.Namespace, config: Config) -> int:
     result = Store(config).cancel(args.id)
     if result == "requested":
-        print(f"job {args.id} is running; its worker stops it within "
-              f"{config.worker.heartbeat_interval_s:g} s")
+        print(
+            f"job {args.id} is running; its worker stops it within "
+            f"{config.worker.heartbeat_interval_s:g} s"
+        )
     else:
         print(f"job {args.id} cancelled")
     return 0
@@ -292,8 +331,16 @@ def dlq_list_command(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print_json(records)
         return 0
-    rows = [[r.get("id"), r.get("queue"), r.get("attempts", "-"), ago(r.get("finished_ms")),
-             r.get("error") or "-"] for r in records]
+    rows = [
+        [
+            r.get("id"),
+            r.get("queue"),
+            r.get("attempts", "-"),
+            ago(r.get("finished_ms")),
+            r.get("error") or "-",
+        ]
+        for r in records
+    ]
     print_table(["ID", "QUEUE", "ATTEMPTS", "DIED", "ERROR"], rows)
     return 0
 

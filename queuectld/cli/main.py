@@ -26,12 +26,19 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="queuectl", description="Admin CLI of the queuectl job queue.",
-                    epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="config file (default: $QUEUECTL_CONFIG or /etc/queuectl/queuectl.toml)")
+    parser = Parser(
+        prog="queuectl",
+        description="Admin CLI of the queuectl job queue.",
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", help="config file (default: $QUEUECTL_CONFIG or /etc/queuectl/queuectl.toml)"
+    )
     parser.add_argument("--version", action="version", version=__version__)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                     parser_class=Parser)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=Parser
+    )
     jobs.add_parsers(commands)
     workers.add_parsers(commands)
     config_cmd.add_parsers(commands)

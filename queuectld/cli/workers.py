@@ -39,8 +39,12 @@ def add_parsers(commands: Any) -> None:
     start.add_argument("--count", type=int, default=1, help="number of workers (default: 1)")
     start.set_defaults(handler=start_command)
     stop = worker_commands.add_parser("stop", help="stop workers gracefully")
-    stop.add_argument("--timeout", type=float, metavar="SECONDS",
-                      help="wait this long for them to exit (default: worker.stop_timeout + 10)")
+    stop.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="wait this long for them to exit (default: worker.stop_timeout + 10)",
+    )
     stop.set_defaults(handler=stop_command)
     listing = worker_commands.add_parser("list", help="list live workers from their heartbeats")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -111,8 +115,10 @@ def stop_command(args: argparse.Namespace, config: Config) -> int:
         time.sleep(0.05)
     if running:
         names = ", ".join(f"{i} (pid {p})" for i, p in running.items())
-        raise ConflictError(f"workers still running after {timeout_s:g} s: {names}; "
-                            "run `queuectl worker stop` again to stop them at once")
+        raise ConflictError(
+            f"workers still running after {timeout_s:g} s: {names}; "
+            "run `queuectl worker stop` again to stop them at once"
+        )
     return 0
 
 
@@ -126,8 +132,16 @@ def list_command(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print_json(workers)
         return 0
-    rows = [[w["name"], w.get("host", "-"), w.get("pid", "-"), w.get("job") or "-",
-             ago(w["last_beat_ms"], now_ms) + ("" if w["alive"] else " (silent)")] for w in workers]
+    rows = [
+        [
+            w["name"],
+            w.get("host", "-"),
+            w.get("pid", "-"),
+            w.get("job") or "-",
+            ago(w["last_beat_ms"], now_ms) + ("" if w["alive"] else " (silent)"),
+        ]
+        for w in workers
+    ]
     print_table(["NAME", "HOST", "PID", "JOB", "LAST BEAT"], rows)
     return 0
 
@@ -140,8 +154,10 @@ def _run_dir(config: Config) -> Path:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UsageError(f"worker.run_dir {run_dir}: cannot create it: {error.strerror}; "
-                         "set worker.run_dir to a writable folder") from None
+        raise UsageError(
+            f"worker.run_dir {run_dir}: cannot create it: {error.strerror}; "
+            "set worker.run_dir to a writable folder"
+        ) from None
     return run_dir
 
 
@@ -212,11 +228,14 @@ def _daemon_main(instance: str, config: Config, run_dir: Path) -> None:
         )
         with context:
             try:
-                worker.main(["--instance", instance, "--config", str(config.path)]
-                            if config.path.exists() else ["--instance", instance])
+                worker.main(
+                    ["--instance", instance, "--config", str(config.path)]
+                    if config.path.exists()
+                    else ["--instance", instance]
+                )
             except SystemExit as stop:
                 code = stop.code if isinstance(stop.code, int) else 1
-    except BaseException as error:  # noqa: BLE001 - a forked child must never return
+    except BaseException as error:
         with contextlib.suppress(Exception):
             print(f"queuectl: worker {instance} failed to start: {error}", file=sys.stderr)
     finally:
