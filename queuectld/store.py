@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from .config import Config
-from .connection import connect, translated
+from .connection import close, connect, translated
 from .errors import ConflictError, NotFoundError
 from .jobs import Claimed, Spec
 from .keys import FINAL_STATES, JOB_STATES, Keys
@@ -113,7 +113,7 @@ class Store:
         self.scripts = Scripts.register(self.client)
 
     def close(self) -> None:
-        self.client.close()
+        close(self.client)
 
     # --- enqueue -------------------------------------------------------------
 

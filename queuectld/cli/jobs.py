@@ -291,11 +291,14 @@ def show_command(args: argparse.Namespace, config: Config) -> int:
     if history:
         print("\nhistory:")
         for entry in history:
-            error = f": {entry['error']}" if entry.get("error") else ""
+            exit_text = describe_exit(entry)
+            details = [
+                text for text in (exit_text if exit_text != "-" else "", entry.get("error")) if text
+            ]
             print(
                 f"  attempt {entry.get('attempt')}: {entry.get('outcome')} "
-                f"on {entry.get('worker')} at {format_ms(entry.get('finished_ms'))}, "
-                f"{describe_exit(entry)}{error}"
+                f"on {entry.get('worker')} at {format_ms(entry.get('finished_ms'))}"
+                f"{': ' + ', '.join(details) if details else ''}"
             )
     for stream in ("stdout", "stderr"):
         text = output.get(stream)
