@@ -100,12 +100,13 @@ class Demo:
         rng = random.Random(7)
         paths = ["/", "/login", "/api/orders", "/api/items", "/static/app.js"]
         for number in range(1, LOG_FILES + 1):
-            lines = [
-                f"2026-12-04T10:{i // 6000 % 60:02d}:{i // 100 % 60:02d}Z 10.0.{rng.randrange(256)}."
-                f"{rng.randrange(256)} GET {rng.choice(paths)} {rng.choice((200, 200, 304, 404, 500))} "
-                f"{rng.randrange(100, 90000)}\n"
-                for i in range(LOG_LINES)
-            ]
+            lines = []
+            for i in range(LOG_LINES):
+                stamp = f"2026-12-04T10:{i // 6000 % 60:02d}:{i // 100 % 60:02d}Z"
+                client = f"10.0.{rng.randrange(256)}.{rng.randrange(256)}"
+                status = rng.choice((200, 200, 304, 404, 500))
+                size = rng.randrange(100, 90000)
+                lines.append(f"{stamp} {client} GET {rng.choice(paths)} {status} {size}\n")
             (self.data / f"app-{number:02d}.log").write_text("".join(lines))
         size = sum(p.stat().st_size for p in self.data.iterdir()) / 1e6
         print(f"generated {LOG_FILES} log files, {size:.0f} MB, in {self.data}")
