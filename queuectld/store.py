@@ -248,10 +248,13 @@ class Store:
         )
 
     @_translate
-    def reclaim(self, worker: str) -> tuple[str, str] | None:
-        """Take back the job a previous process of ``worker`` held when it died.
+    def reclaim(self, worker: str, *, started: bool = True) -> tuple[str, str] | None:
+        """Put back the job that ``worker`` holds according to Redis.
 
-        Returns ``(job id, new state)``, or ``None`` if it held nothing.
+        With ``started`` (a previous process of the worker died running it)
+        the attempt counts as lost.  Without it (the worker lost the reply of
+        the claim and never ran the job) the attempt is not counted.  Returns
+        ``(job id, new state)``, or ``None`` if the worker held nothing.
         """
         held = self.client.hget(self.keys.held, worker)
         if held is None:
@@ -261,7 +264,8 @@ class Store:
         if record is None or not isinstance(record.get("queue"), str):
             self.client.hdel(self.keys.held, worker)
             return None
-        taken = self._requeue_lost("reclaim", str(record["queue"]), [(job_id, lease)])
+        mode = "reclaim" if started else "release"
+        taken = self._requeue_lost(mode, str(record["queue"]), [(job_id, lease)])
         return taken[0] if taken else None
 
     @_translate

@@ -154,8 +154,13 @@ class Worker:
         self.notifier.status(self.idle_text)
 
     def _resume_held(self) -> None:
-        """After a lost connection, run the job a claim may have given us."""
+        """After a lost connection, hand back a job whose claim reply was lost."""
         self.store.ping()
+        released = self.store.reclaim(self.name, started=False)
+        if released:
+            log.warning(
+                "job %s: its claim reply was lost with the connection; handed it back", released[0]
+            )
         self._beat()
 
     # --- claiming ------------------------------------------------------------
@@ -222,6 +227,13 @@ class Worker:
             log.warning(
                 "job %s: lease lost before the outcome was recorded; result discarded", job.id
             )
+        elif finish.status == "unknown":
+            log.warning(
+                "job %s: the connection broke while its outcome was recorded; "
+                "`queuectl show %s` shows what Redis kept",
+                job.id,
+                job.id,
+            )
         else:
             self._log_outcome(job, outcome, finish.state)
         return self._claimed(finish.next) if finish.next else None
@@ -249,9 +261,13 @@ class Worker:
                 self.store.finish(job, outcome, worker=self.name, history_limit=jobs.history_limit)
             )
 
-        if wait_for_redis(attempt, self.signals, self.notifier, what="worker"):
-            return recorded[0]
-        return None
+        if not wait_for_redis(attempt, self.signals, self.notifier, what="worker"):
+            return None
+        self._resume_held()
+        if recorded[0].status == "lost":
+            # The first call may have recorded the outcome before the reply was lost.
+            return Finish("unknown", None)
+        return recorded[0]
 
     def _execute(self, job: Claimed) -> Outcome | None:
         """Run the job's command; return its outcome, or None if the lease was lost."""

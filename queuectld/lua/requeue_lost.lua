@@ -3,8 +3,11 @@
 -- once its retries are spent.  A job is taken only while it still holds the
 -- lease the caller names, so several reapers at once are safe.
 -- KEYS: jobs, processing, dead, held, seq, queue, notify
--- ARGV: mode ('expired' or 'reclaim'), history limit, then pairs of
---       (id, lease token), all of jobs in that queue
+-- ARGV: mode, history limit, then pairs of (id, lease token), all of jobs
+--       in that queue.  Modes: 'expired' (reaper: only past the deadline),
+--       'reclaim' (a restarted worker takes back its predecessor's job),
+--       'release' (a worker hands back a job it never started because the
+--       claim's reply was lost; the attempt is not counted).
 -- Returns: a flat list of (id, new state) for every job taken.
 
 local k = {jobs = KEYS[1], processing = KEYS[2], dead = KEYS[3], held = KEYS[4], seq = KEYS[5]}
@@ -18,7 +21,19 @@ for i = 3, #ARGV, 2 do
   local job = load_job(k.jobs, id)
   local deadline = tonumber(redis.call('ZSCORE', k.processing, id))
   local holds = job and job.state == 'processing' and int(job.lease) == lease and deadline
-  if holds and (mode == 'reclaim' or deadline <= now) then
+  if holds and mode == 'release' then
+    redis.call('ZREM', k.processing, id)
+    if redis.call('HGET', k.held, job.worker) == id .. ' ' .. lease then
+      redis.call('HDEL', k.held, job.worker)
+    end
+    job.attempts = job.attempts - 1
+    job.lease = nil
+    push_pending(k.seq, queue_key, id, job, true)
+    requeued = requeued + 1
+    save_job(k.jobs, id, job)
+    taken[#taken + 1] = id
+    taken[#taken + 1] = job.state
+  elseif holds and (mode == 'reclaim' or deadline <= now) then
     local reason
     if mode == 'reclaim' then
       reason = 'worker lost: ' .. job.worker .. ' restarted while running the job'
