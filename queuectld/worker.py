@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # Longest a worker blocks waiting for work, so it notices stops and reloads.
 IDLE_BLOCK_S = 1.0
+INSTANCE_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # How often the STATUS of a running job is refreshed.
 STATUS_EVERY_S = 1.0
 
@@ -290,6 +292,7 @@ class Worker:
             process.pid,
             _shown(job.command),
         )
+        self.notifier.status(f"running job {job.id} for 0 s")
         running = Running(process, jobs.output_limit, self.signals.read_fd)
         reason = self._supervise(job, running)
         assert running.exit is not None
@@ -441,6 +444,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="instance name; the worker's name is <host>:<instance> (default: 1)",
     )
     args = parser.parse_args(argv)
+    if not INSTANCE_PATTERN.match(args.instance):
+        parser.error(
+            f"--instance {args.instance!r} is not a valid name; "
+            "use 1 to 64 characters of A-Z a-z 0-9 . _ -"
+        )
 
     def body(config: Config, signals: Signals, notifier: Notifier) -> None:
         Worker(config, signals, notifier, args.instance, args.config).run()
