@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, NotFoundError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -268,7 +268,7 @@ def canonical_key(key: str) -> str:
     name = SHORT_KEYS.get(key, key)
     if name not in KEYS:
         known = ", ".join(sorted(KEYS))
-        raise ConfigError(f"unknown config key {key!r}; known keys: {known}")
+        raise NotFoundError(f"unknown config key {key!r}; known keys: {known}")
     return name
 
 

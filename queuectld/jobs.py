@@ -123,6 +123,10 @@ def parse_json_spec(text: str, *, line: int | None = None) -> dict[str, Any]:
             'a spec looks like {"command": ["echo", "hi"]}',
             line=line,
         ) from None
+    except RecursionError:
+        raise JobSpecError(
+            "json", "nested too deeply to parse; a job spec is a flat object", line=line
+        ) from None
     if not isinstance(value, dict):
         raise JobSpecError("json", "a job spec must be a JSON object", line=line)
     return value
@@ -205,7 +209,7 @@ def _command(value: Any) -> tuple[str, ...]:
             raise ValueError(f"argument {index} must be a string, not {_type_name(argument)}")
         if "\0" in argument:
             raise ValueError(f"argument {index} contains a NUL byte, which no argument can hold")
-        size += len(argument.encode("utf-8", "surrogatepass")) + 1
+        size += _utf8_size(argument, f"argument {index}") + 1
     if not value[0]:
         raise ValueError("the program name (argument 0) is empty")
     if size > MAX_COMMAND_BYTES:
@@ -269,7 +273,7 @@ def _environment(value: Any) -> dict[str, str]:
             raise ValueError(f"{name} must be a string, not {_type_name(item)}")
         if "\0" in item:
             raise ValueError(f"{name} contains a NUL byte, which no variable can hold")
-        size += len(name) + len(item.encode("utf-8", "surrogatepass")) + 2
+        size += len(name) + _utf8_size(item, name) + 2
     if size > MAX_ENV_BYTES:
         raise ValueError(f"is {size} bytes long; at most {MAX_ENV_BYTES} are allowed")
     return dict(value)
@@ -280,7 +284,16 @@ def _cwd(value: Any) -> str:
         raise ValueError(f"must be an absolute path, not {_shown(value)}")
     if "\0" in value:
         raise ValueError("contains a NUL byte, which no path can hold")
+    _utf8_size(value, "the path")
     return value
+
+
+def _utf8_size(text: str, what: str) -> int:
+    """Return the UTF-8 size of ``text``; raise ValueError if it contains a lone surrogate."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} contains a lone surrogate, which is not valid Unicode") from None
 
 
 def _type_name(value: Any) -> str:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class PassReport:
     requeued: int = 0
     dead: int = 0
+    cancelled: int = 0
     removed: int = 0
     workers_forgotten: int = 0
 
@@ -42,6 +43,11 @@ def reap_once(store: Store, config: Config) -> PassReport:
                 report.dead += 1
                 log.warning(
                     "job %s: its worker was lost and it has no retries left; now dead", job_id
+                )
+            elif state == "cancelled":
+                report.cancelled += 1
+                log.info(
+                    "job %s: its worker was lost after a cancel request; now cancelled", job_id
                 )
             else:
                 report.requeued += 1

@@ -122,16 +122,18 @@ class Store:
         """Store new jobs.  Without ``if_absent`` an id in use raises ``ConflictError``.
 
         All jobs of one queue within one batch of ``ENQUEUE_BATCH`` are
-        stored by one script call, all or none.  A file of several batches
-        is checked for ids in use before the first batch is written.
+        stored by one script call, all or none.  Jobs that need several
+        calls (several queues or batches) are checked for ids in use before
+        the first call writes.  An id that another client takes between that
+        check and the write still fails only the later calls.
         """
-        if not if_absent and len(specs) > ENQUEUE_BATCH:
-            self._check_ids_free([spec.id for spec in specs])
-        created = 0
-        existing: list[str] = []
         by_queue: dict[str, list[Spec]] = {}
         for spec in specs:
             by_queue.setdefault(spec.queue, []).append(spec)
+        if not if_absent and (len(by_queue) > 1 or len(specs) > ENQUEUE_BATCH):
+            self._check_ids_free([spec.id for spec in specs])
+        created = 0
+        existing: list[str] = []
         for queue, queue_specs in by_queue.items():
             for start in range(0, len(queue_specs), ENQUEUE_BATCH):
                 batch = queue_specs[start : start + ENQUEUE_BATCH]
@@ -302,7 +304,16 @@ class Store:
         for job_id, lease in jobs:
             args += [job_id, lease]
         reply = self.scripts.requeue_lost(
-            keys=[k.jobs, k.processing, k.dead, k.held, k.seq, k.queue(queue), k.notify(queue)],
+            keys=[
+                k.jobs,
+                k.processing,
+                k.dead,
+                k.held,
+                k.seq,
+                k.queue(queue),
+                k.notify(queue),
+                k.cancelled,
+            ],
             args=args,
         )
         items = [_text(item) for item in reply]
@@ -422,6 +433,11 @@ class Store:
         if result == "conflict":
             state, allowed_text = _text(reply[1]), " or ".join(allowed)
             raise ConflictError(f"job {job_id} is {state}; only {allowed_text} jobs can be retried")
+        if result == "unreadable":
+            raise ConflictError(
+                f"job {job_id} has an unreadable record and cannot run; its original is in "
+                f"the raw field of `queuectl show --json {job_id}`"
+            )
 
     # --- workers -------------------------------------------------------------
 
@@ -559,8 +575,9 @@ def _claim_reply(reply: Sequence[Any]) -> Claim:
 
 
 def _decode_record(job_id: str, raw: bytes | str) -> dict[str, Any]:
+    # A record buried as unreadable keeps the original bytes, which need not be UTF-8.
     try:
-        record = json.loads(raw)
+        record = json.loads(_text(raw))
     except ValueError:
         record = None
     if not isinstance(record, dict):

@@ -187,7 +187,10 @@ class Worker:
         self.notifier.watchdog()
         self._beat_if_due()
         reap_orphans()
-        self.store.wait_for_work(self.keys, self.notifier.max_sleep_s(IDLE_BLOCK_S))
+        # Wake up for each heartbeat too, or a short lease_timeout would make
+        # an idle worker look silent to `worker list` and the reaper.
+        block_s = min(IDLE_BLOCK_S, self.config.worker.heartbeat_interval_s)
+        self.store.wait_for_work(self.keys, self.notifier.max_sleep_s(block_s))
 
     def _beat_if_due(self) -> None:
         if time.monotonic() >= self.next_beat:
@@ -218,6 +221,9 @@ class Worker:
             outcome = self._execute(job)
         finally:
             self.current = None
+        # Reap what the job's killed group left to us now: a busy worker that
+        # claims job after job would not reach its idle wait for a long time.
+        reap_orphans()
         if outcome is None:
             return None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import Env
+from harness import Env
 
 
 def wait_for_state(env: Env, job_id: str, state: str, timeout_s: float = 10.0) -> dict[str, object]:

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..config import Config
-from ..connection import display_url
-from ..errors import ExitCode, QueueError
+from ..connection import display_url, translated
+from ..errors import ExitCode, QueueError, RedisCommandError
 from ..store import Store
 from .output import print_json
 
@@ -45,7 +45,7 @@ def run_checks(config: Config) -> list[Check]:
     persistence = with_info.info("persistence")
     checks.append(_version(server))
     checks.append(_eviction(memory))
-    checks.append(_persistence(persistence))
+    checks.append(_persistence(persistence, _save_rules(store)))
     checks.append(_clock(store))
     return checks
 
@@ -70,12 +70,22 @@ def _eviction(memory: dict[str, Any]) -> Check:
     return Check("ok", "maxmemory-policy", policy)
 
 
-def _persistence(persistence: dict[str, Any]) -> Check:
+def _save_rules(store: Store) -> str | None:
+    """Return the server's ``save`` setting, or None where CONFIG GET is not allowed."""
+    try:
+        with translated(store.config.redis.url):
+            reply = store.client.config_get("save")
+    except RedisCommandError:
+        return None
+    return str(reply.get("save", ""))
+
+
+def _persistence(persistence: dict[str, Any], save_rules: str | None) -> Check:
     if int(persistence.get("aof_enabled", 0)):
         return Check("ok", "persistence", "append-only file enabled")
-    if int(persistence.get("rdb_changes_since_last_save", 0)) >= 0 and persistence.get(
-        "rdb_last_save_time"
-    ):
+    # INFO shows a last-save time even when snapshots are off, so only an
+    # empty `save` setting proves that nothing is ever written to disk.
+    if save_rules != "":
         return Check(
             "warning",
             "persistence",

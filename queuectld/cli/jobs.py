@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 from ..allowlist import rejection
 from ..config import Config
-from ..errors import JobSpecError, NotFoundError, UsageError
+from ..errors import ConflictError, ExitCode, JobSpecError, NotFoundError, UsageError
 from ..jobs import Spec, parse_json_spec, validate
 from ..keys import JOB_STATES
 from ..store import Store
@@ -154,7 +154,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _file_specs(path: str, overrides: dict[str, Any], config: Config) -> Iterator[Spec]:
     seen: dict[str, int] = {}
     with _open_input(path) as stream:
-        for number, line in enumerate(stream, start=1):
+        for number, data in enumerate(stream, start=1):
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise JobSpecError(
+                    "json",
+                    f"byte {error.start + 1} is not valid UTF-8; save the file as UTF-8",
+                    line=number,
+                ) from None
             if not line.strip():
                 continue
             raw = parse_json_spec(line, line=number)
@@ -172,11 +180,11 @@ def _file_specs(path: str, overrides: dict[str, Any], config: Config) -> Iterato
         raise UsageError(f"{path}: no job specs found; put one JSON object per line")
 
 
-def _open_input(path: str) -> TextIO:
+def _open_input(path: str) -> BinaryIO:
     if path == "-":
-        return sys.stdin
+        return sys.stdin.buffer
     try:
-        return open(path, encoding="utf-8")
+        return open(path, "rb")
     except FileNotFoundError:
         raise UsageError(f"--file {path}: no such file") from None
     except OSError as error:
@@ -357,14 +365,24 @@ def dlq_retry_command(args: argparse.Namespace, config: Config) -> int:
         print(f"job {args.id} is pending again")
         return 0
     count = 0
+    kept: list[str] = []
     while True:
-        batch = store.list_jobs("dead", None, 500)
+        # Jobs that cannot be retried stay dead, so each page reaches past them.
+        page = store.list_jobs("dead", None, 500 + len(kept))
+        batch = [str(record["id"]) for record in page if record["id"] not in kept]
         if not batch:
             break
-        for record in batch:
-            store.retry(str(record["id"]), ("dead",))
-            count += 1
+        for job_id in batch:
+            try:
+                store.retry(job_id, ("dead",))
+                count += 1
+            except ConflictError as error:
+                print(f"queuectl: {error}", file=sys.stderr)
+                kept.append(job_id)
     print(f"{count} dead jobs are pending again")
+    if kept:
+        print(f"queuectl: {len(kept)} dead jobs could not be retried", file=sys.stderr)
+        return int(ExitCode.CONFLICT)
     return 0
 
 

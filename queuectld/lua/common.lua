@@ -92,6 +92,14 @@ local function bury_unreadable(jobs_key, dead_key, id, raw, now)
   redis.call('ZADD', dead_key, int(now), id)
 end
 
+-- A record the worker can run has the fields it reads; others are buried
+-- as unreadable rather than crash the worker that claims them.
+local function runnable(job)
+  return type(job.command) == 'table' and type(job.command[1]) == 'string'
+    and type(job.queue) == 'string' and type(job.timeout) == 'number'
+    and type(job.max_retries) == 'number'
+end
+
 -- Claim the best pending job across the given queues: the highest priority,
 -- then the oldest.  Returns {id, record JSON, lease token, skipped ids...} or
 -- {false, false, false, skipped ids...} when every queue is empty.
@@ -123,7 +131,7 @@ local function claim_next(k, queue_keys, notify_keys, worker, lease_ms, now)
 
     redis.call('ZREM', best_key, best_id)
     local job, raw = load_job(k.jobs, best_id)
-    if job then
+    if job and runnable(job) then
       job.attempts = (job.attempts or 0) + 1
       job.state = 'processing'
       job.started_ms = now

@@ -57,7 +57,9 @@ for i = FIRST, #ARGV, 3 do
   end
 end
 
-redis.call('SADD', queues_key, queue_name)
+if created > 0 then
+  redis.call('SADD', queues_key, queue_name)
+end
 notify(notify_key, pending)
 if earliest_due then
   redis.call('PUBLISH', wake_channel, int(earliest_due))

@@ -1,8 +1,9 @@
--- Take jobs away from workers that died: each attempt counts as lost, and
--- the job goes back to the front of its queue, or to the dead-letter queue
--- once its retries are spent.  A job is taken only while it still holds the
--- lease the caller names, so several reapers at once are safe.
--- KEYS: jobs, processing, dead, held, seq, queue, notify
+-- Take jobs away from workers that died.  Each attempt counts as lost.  The
+-- job goes back to the front of its queue, or to cancelled if a cancel was
+-- requested, or to the dead-letter queue once its retries are spent.  A job
+-- is taken only while it still holds the lease the caller names, so several
+-- reapers at once are safe.
+-- KEYS: jobs, processing, dead, held, seq, queue, notify, cancelled
 -- ARGV: mode, history limit, then pairs of (id, lease token), all of jobs
 --       in that queue.  Modes: 'expired' (reaper: only past the deadline),
 --       'reclaim' (a restarted worker takes back its predecessor's job),
@@ -10,7 +11,10 @@
 --       claim's reply was lost; the attempt is not counted).
 -- Returns: a flat list of (id, new state) for every job taken.
 
-local k = {jobs = KEYS[1], processing = KEYS[2], dead = KEYS[3], held = KEYS[4], seq = KEYS[5]}
+local k = {
+  jobs = KEYS[1], processing = KEYS[2], dead = KEYS[3], held = KEYS[4], seq = KEYS[5],
+  cancelled = KEYS[8],
+}
 local queue_key, notify_key = KEYS[6], KEYS[7]
 local mode, history_limit = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
@@ -53,7 +57,13 @@ for i = 3, #ARGV, 2 do
     job.error = reason
     job.lease = nil
 
-    if job.attempts > job.max_retries then
+    if job.cancel_requested then
+      -- Its worker died before it could act on the cancel; do not run it again.
+      job.state = 'cancelled'
+      job.finished_ms = now
+      job.error = reason .. ' (cancel requested)'
+      redis.call('ZADD', k.cancelled, int(now), id)
+    elseif job.attempts > job.max_retries then
       job.state = 'dead'
       job.finished_ms = now
       job.error = reason .. ' (no retries left)'

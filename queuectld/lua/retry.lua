@@ -3,7 +3,8 @@
 -- retries; a failed job skips the rest of its backoff.
 -- KEYS: jobs, failed, dead, cancelled, seq, the job's queue, its notify list
 -- ARGV: id, allowed states separated by commas
--- Returns: {result, state} with result 'ok', 'not_found' or 'conflict'.
+-- Returns: {result, state} with result 'ok', 'not_found', 'conflict' or
+--          'unreadable' (a record buried as unreadable has nothing to run).
 
 local jobs_key, seq_key, queue_key, notify_key = KEYS[1], KEYS[5], KEYS[6], KEYS[7]
 local sets = {failed = KEYS[2], dead = KEYS[3], cancelled = KEYS[4]}
@@ -15,6 +16,9 @@ if not job then
 end
 if not sets[job.state] or not string.find(allowed, ',' .. job.state .. ',', 1, true) then
   return {'conflict', job.state}
+end
+if not runnable(job) then
+  return {'unreadable', job.state}
 end
 
 redis.call('ZREM', sets[job.state], id)
