@@ -110,9 +110,21 @@ def translated(url: str) -> Iterator[None]:
             "check that redis-server runs there, or set redis.url"
         ) from None
     except redis.ResponseError as error:
-        raise RedisCommandError(f"Redis at {shown} returned an error: {error}") from None
+        raise RedisCommandError(
+            f"Redis at {shown} returned an error: {_reply_text(error)}"
+        ) from None
     except redis.RedisError as error:
         raise RedisCommandError(f"Redis at {shown} failed: {error}") from None
+
+
+def _reply_text(error: redis.ResponseError) -> str:
+    """Return an error reply without the script location Redis appends to it."""
+    text = str(error).split(". script: ", 1)[0].strip()
+    if "maxmemory" in text:
+        text += (
+            "; free memory in Redis or raise its maxmemory, and keep maxmemory-policy noeviction"
+        )
+    return text
 
 
 def describe(error: BaseException) -> str:

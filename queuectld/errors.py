@@ -64,13 +64,19 @@ class ConfigError(QueueError):
     exit_code = ExitCode.CONFIG
 
 
-class RedisUnavailableError(QueueError):
+class RedisFailure(QueueError):
+    """Base of the errors Redis causes; daemons wait these out and retry."""
+
+    exit_code = ExitCode.REDIS_ERROR
+
+
+class RedisUnavailableError(RedisFailure):
     """Redis cannot be reached at the configured address."""
 
     exit_code = ExitCode.REDIS_UNAVAILABLE
 
 
-class RedisCommandError(QueueError):
+class RedisCommandError(RedisFailure):
     """Redis answered with an error (authentication, memory, script)."""
 
     exit_code = ExitCode.REDIS_ERROR

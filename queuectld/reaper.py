@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import Config
-from .errors import RedisUnavailableError
+from .errors import RedisFailure
 from .service import Notifier, Signals, daemon_arguments, run_daemon
 from .store import Store
 
@@ -85,7 +85,7 @@ def _run(config: Config, signals: Signals, notifier: Notifier, loop_s: float | N
                     report.removed,
                     report.workers_forgotten,
                 )
-        except RedisUnavailableError as error:
+        except RedisFailure as error:
             if loop_s is None:
                 raise
             log.warning("%s", error)

@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import Config
 from .connection import translated
-from .errors import RedisUnavailableError
+from .errors import RedisFailure
 from .service import Notifier, Signals, daemon_arguments, reload_config, run_daemon, wait_for_redis
 from .store import Store
 
@@ -54,7 +54,7 @@ class Scheduler:
                 self._reload()
             try:
                 self._step()
-            except RedisUnavailableError as error:
+            except RedisFailure as error:
                 log.warning("%s", error)
                 self.leader = False
                 self.next_renew = 0.0
@@ -86,7 +86,7 @@ class Scheduler:
             return
         try:
             self.store.release_leader(self.token)
-        except RedisUnavailableError as error:
+        except RedisFailure as error:
             log.warning("could not release the leader lock: %s", error)
         self.leader = False
 

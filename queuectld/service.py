@@ -21,7 +21,7 @@ import sdnotify
 
 from . import __version__, logs
 from .config import Config, load
-from .errors import ExitCode, QueueError, RedisUnavailableError
+from .errors import ExitCode, QueueError, RedisFailure
 
 log = logging.getLogger(__name__)
 
@@ -130,18 +130,19 @@ def wait_for_redis(
 ) -> bool:
     """Call ``attempt`` until Redis answers; return False if asked to stop first."""
     delay = 0.1
-    logged = False
+    last_logged = ""
     while not signals.stopping:
         try:
             attempt()
-            if logged:
+            if last_logged:
                 log.info("Redis answers again; %s resumes", what)
             return True
-        except RedisUnavailableError as error:
+        except RedisFailure as error:
             notifier.status(f"waiting for Redis: {error}")
-            if not logged:
+            # Each distinct error is logged once, not on every retry.
+            if str(error) != last_logged:
                 log.warning("%s; retrying every %.0f s at most", error, RECONNECT_MAX_S)
-                logged = True
+                last_logged = str(error)
         notifier.watchdog()
         time.sleep(delay)
         delay = min(delay * 2, RECONNECT_MAX_S)

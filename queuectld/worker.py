@@ -23,7 +23,7 @@ from dataclasses import replace
 from . import __version__
 from .allowlist import rejection
 from .config import Config
-from .errors import ConflictError, RedisUnavailableError
+from .errors import ConflictError, RedisFailure
 from .jobs import Claimed
 from .runner import Running, SpawnError, become_subreaper, reap_orphans, spawn
 from .service import Notifier, Signals, daemon_arguments, reload_config, run_daemon, wait_for_redis
@@ -106,7 +106,7 @@ class Worker:
                 self._reload()
             try:
                 self._cycle()
-            except RedisUnavailableError as error:
+            except RedisFailure as error:
                 self._wait_after(error)
         self._stop()
 
@@ -146,11 +146,11 @@ class Worker:
         self.notifier.status("stopping")
         try:
             self.store.forget_workers([self.name])
-        except RedisUnavailableError as error:
+        except RedisFailure as error:
             log.warning("could not remove the worker record: %s", error)
         log.info("worker %s stopped", self.name)
 
-    def _wait_after(self, error: RedisUnavailableError) -> None:
+    def _wait_after(self, error: RedisFailure) -> None:
         log.warning("%s", error)
         wait_for_redis(self._resume_held, self.signals, self.notifier, what="worker")
         self.notifier.status(self.idle_text)
@@ -257,7 +257,7 @@ class Worker:
                 claim_next=self.keys if want_next else None,
                 lease_ms=self.lease_ms,
             )
-        except RedisUnavailableError as error:
+        except RedisFailure as error:
             log.warning("job %s: cannot record the outcome yet: %s", job.id, error)
 
         # The reply may have been lost after the script ran, so retry without
@@ -365,7 +365,7 @@ class Worker:
         try:
             beat = self.store.heartbeat(job, self.lease_ms)
             self._beat_if_due()
-        except RedisUnavailableError as error:
+        except RedisFailure as error:
             log.warning("job %s: heartbeat failed, the job keeps running: %s", job.id, error)
             return None
         if beat == 0:
@@ -460,3 +460,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         Worker(config, signals, notifier, args.instance, args.config).run()
 
     sys.exit(run_daemon("queuectl-worker", body, args.config))
+
+
+if __name__ == "__main__":
+    main()
