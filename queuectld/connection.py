@@ -105,10 +105,12 @@ def translated(url: str) -> Iterator[None]:
             "check redis.username and redis.password_file"
         ) from None
     except (redis.ConnectionError, redis.TimeoutError) as error:
-        raise RedisUnavailableError(
-            f"cannot reach Redis at {shown}: {describe(error)}; "
-            "check that redis-server runs there, or set redis.url"
-        ) from None
+        reason = describe(error)
+        if "certificate verify failed" in reason:
+            hint = "set redis.tls_ca_file to the CA that signed the server's certificate"
+        else:
+            hint = "check that redis-server runs there, or set redis.url"
+        raise RedisUnavailableError(f"cannot reach Redis at {shown}: {reason}; {hint}") from None
     except redis.ResponseError as error:
         raise RedisCommandError(
             f"Redis at {shown} returned an error: {_reply_text(error)}"
@@ -131,6 +133,7 @@ def describe(error: BaseException) -> str:
     """Return a short, single-line reason for a connection error."""
     text = str(error).strip() or type(error).__name__
     for marker in (
+        "certificate verify failed",
         "Connection refused",
         "No such file or directory",
         "Timeout",
