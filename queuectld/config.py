@@ -48,7 +48,10 @@ class RedisConfig:
     namespace: str = "queuectl"
     username: str | None = None
     password_file: str | None = None
+    password_credential: str | None = None
     tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     socket_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0
 
@@ -224,7 +227,15 @@ KEYS: dict[str, KeySpec] = dict(
         _spec("redis.namespace", "namespace", _string(NAME_PATTERN), "prefix of every key"),
         _spec("redis.username", "username", _string(), "ACL user name"),
         _spec("redis.password_file", "password_file", _optional_path, "file with the password"),
+        _spec(
+            "redis.password_credential",
+            "password_credential",
+            _string(re.compile(r"^[A-Za-z0-9._-]{1,64}$")),
+            "systemd credential with the password",
+        ),
         _spec("redis.tls_ca_file", "tls_ca_file", _optional_path, "CA bundle for rediss://"),
+        _spec("redis.tls_cert_file", "tls_cert_file", _optional_path, "client certificate"),
+        _spec("redis.tls_key_file", "tls_key_file", _optional_path, "client certificate's key"),
         _spec("redis.socket_timeout", "socket_timeout_s", _number(0.1, 300), "seconds"),
         _spec("redis.connect_timeout", "connect_timeout_s", _number(0.1, 300), "seconds"),
         _spec("jobs.max_retries", "max_retries", _number(0, 1000, integer=True), "retries"),

@@ -8,6 +8,7 @@ classes that both provide are used.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,26 +34,39 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
 
 
-def read_password(path: str) -> str:
+def read_password(path: str, key: str = "redis.password_file") -> str:
     """Read a password file: its first line, without the line break."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            f"redis.password_file: {path} not found; create it or fix the path"
-        ) from None
+        raise ConfigError(f"{key}: {path} not found; create it or fix the path") from None
     except PermissionError:
         raise ConfigError(
-            f"redis.password_file: {path}: permission denied; make it readable by this user"
+            f"{key}: {path}: permission denied; make it readable by this user"
         ) from None
     except OSError as error:
-        raise ConfigError(f"redis.password_file: {path}: {error.strerror}") from None
+        raise ConfigError(f"{key}: {path}: {error.strerror}") from None
     lines = text.splitlines()
     if not lines or not lines[0]:
-        raise ConfigError(
-            f"redis.password_file: {path} is empty; put the password on its first line"
-        )
+        raise ConfigError(f"{key}: {path} is empty; put the password on its first line")
     return lines[0]
+
+
+def password(settings: RedisConfig) -> str | None:
+    """Return the Redis password: a systemd credential if one is given, else the file.
+
+    A daemon started with ``LoadCredential=NAME:PATH`` finds the password in
+    ``$CREDENTIALS_DIRECTORY/NAME``, so the file itself can stay readable by
+    root only; the CLI, run by root, reads ``redis.password_file``.
+    """
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    if settings.password_credential and folder:
+        credential = Path(folder) / settings.password_credential
+        if credential.exists():
+            return read_password(str(credential), "redis.password_credential")
+    if settings.password_file:
+        return read_password(settings.password_file)
+    return None
 
 
 def connect(settings: RedisConfig, *, block_s: float = 0.0) -> redis.Redis:
@@ -72,10 +86,16 @@ def connect(settings: RedisConfig, *, block_s: float = 0.0) -> redis.Redis:
     }
     if settings.username:
         options["username"] = settings.username
-    if settings.password_file:
-        options["password"] = read_password(settings.password_file)
-    if settings.url.startswith("rediss://") and settings.tls_ca_file:
-        options["ssl_ca_certs"] = settings.tls_ca_file
+    secret = password(settings)
+    if secret is not None:
+        options["password"] = secret
+    if settings.url.startswith("rediss://"):
+        tls_files = {
+            "ssl_ca_certs": settings.tls_ca_file,
+            "ssl_certfile": settings.tls_cert_file,
+            "ssl_keyfile": settings.tls_key_file,
+        }
+        options.update({name: path for name, path in tls_files.items() if path})
     if settings.url.startswith("unix://"):
         # Unix sockets take no TCP options.
         options.pop("socket_connect_timeout")

@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 def make_certificates(folder: Path) -> None:
-    """Write a CA (ca.pem) and a server certificate for 127.0.0.1 signed by it."""
+    """Write a CA (ca.pem), and a server and a client certificate signed by it."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.fail("openssl is not installed; `make test` installs it")
@@ -76,6 +76,33 @@ def make_certificates(folder: Path) -> None:
         "-extfile",
         "san.cnf",
     )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=queuectl",
+    )
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.pem",
+        "-days",
+        "2",
+    )
 
 
 @pytest.fixture
@@ -101,7 +128,7 @@ def tls_server(tmp_path: Path) -> Iterator[str]:
             "--tls-ca-cert-file",
             "ca.pem",
             "--tls-auth-clients",
-            "no",
+            "yes",
             "--save",
             "",
             "--appendonly",
@@ -174,8 +201,15 @@ def test_acl_user_with_password_file(env: Env, tmp_path: Path) -> None:
 
 
 def test_tls_with_ca_file_runs_jobs(env: Env, tls_server: str, tmp_path: Path) -> None:
-    ca_file = tmp_path / "tls" / "ca.pem"
-    env.write_config(redis={"url": tls_server, "tls_ca_file": str(ca_file)})
+    folder = tmp_path / "tls"
+    env.write_config(
+        redis={
+            "url": tls_server,
+            "tls_ca_file": str(folder / "ca.pem"),
+            "tls_cert_file": str(folder / "client.pem"),
+            "tls_key_file": str(folder / "client.key"),
+        }
+    )
     env.spawn("queuectl-worker", "--instance", "1")
 
     created = env.cli("enqueue", '{"id": "tls-job", "command": ["echo", "over tls"]}')
@@ -195,3 +229,43 @@ def test_tls_without_ca_file_is_rejected(env: Env, tls_server: str) -> None:
     assert "certificate verify failed" in result.stderr
     assert "redis.tls_ca_file" in result.stderr
     assert tls_server in result.stderr
+
+
+def test_systemd_credential_overrides_password_file(env: Env, tmp_path: Path) -> None:
+    server = start_redis(tmp_path / "cred", "--requirepass", "fr0m-credential")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "redis-password").write_text("fr0m-credential\n")
+    try:
+        env.write_config(
+            redis={
+                "url": server.url,
+                "password_file": str(tmp_path / "root-only.pass"),
+                "password_credential": "redis-password",
+            }
+        )
+        env.spawn(
+            "queuectl-worker", "--instance", "1", env={"CREDENTIALS_DIRECTORY": str(credentials)}
+        )
+        without_credential = env.cli("status")
+        (tmp_path / "root-only.pass").write_text("fr0m-credential\n")
+        created = env.cli("enqueue", '{"id": "cred-job", "command": ["true"]}')
+        record = env.wait_for_state("cred-job", "completed")
+    finally:
+        stop_pid(server.pid)
+        server.process.wait()
+
+    assert without_credential.returncode == 6
+    assert "root-only.pass not found" in without_credential.stderr
+    assert created.returncode == 0, created.stderr
+    assert record["attempts"] == 1
+
+
+def test_tls_without_client_certificate_fails(env: Env, tls_server: str, tmp_path: Path) -> None:
+    env.write_config(redis={"url": tls_server, "tls_ca_file": str(tmp_path / "tls" / "ca.pem")})
+
+    result = env.cli("status")
+
+    assert result.returncode == REDIS_UNAVAILABLE
+    assert tls_server in result.stderr
+    assert "Traceback" not in result.stderr
