@@ -163,9 +163,12 @@ def test_acl_user_with_password_file(env: Env, tmp_path: Path) -> None:
         "queuectl",
         "on",
         ">s3cret",
-        "~*",
-        "&*",
+        # The ACL that docs/security.md recommends, for this test's namespace.
+        "~{" + env.namespace + "}:*",
+        "&{" + env.namespace + "}:*",
         "+@all",
+        "-@dangerous",
+        "+info",
         "--user",
         "reader",
         "on",
@@ -184,9 +187,21 @@ def test_acl_user_with_password_file(env: Env, tmp_path: Path) -> None:
             redis={"url": server.url, "username": "queuectl", "password_file": str(password)}
         )
         worker = env.spawn("queuectl-worker", "--instance", "1")
+        env.spawn("queuectl-scheduler")
         created = env.cli("enqueue", '{"id": "acl-job", "command": ["true"]}')
+        delayed = env.cli("enqueue", '{"id": "acl-later", "command": ["true"], "delay": 0.3}')
         record = env.wait_for_state("acl-job", "completed")
-        env.write_config(redis={"username": "reader", "password_file": str(reader_password)})
+        env.wait_for_state("acl-later", "completed")
+        reaper = env.run("queuectl-reaper")
+        env.write_config(redis={"namespace": "other"})
+        outside = env.cli("enqueue", '{"id": "outside", "command": ["true"]}')
+        env.write_config(
+            redis={
+                "namespace": env.namespace,
+                "username": "reader",
+                "password_file": str(reader_password),
+            }
+        )
         denied = env.cli("enqueue", '{"id": "denied", "command": ["true"]}')
         stop_pid(worker.pid)
     finally:
@@ -194,7 +209,11 @@ def test_acl_user_with_password_file(env: Env, tmp_path: Path) -> None:
         server.process.wait()
 
     assert created.returncode == 0, created.stderr
+    assert delayed.returncode == 0, delayed.stderr
     assert record["attempts"] == 1
+    assert reaper.returncode == 0, reaper.stderr
+    assert outside.returncode == REDIS_ERROR
+    assert "NOPERM" in outside.stderr or "no permissions" in outside.stderr
     assert denied.returncode == REDIS_ERROR
     assert "NOPERM" in denied.stderr or "no permissions" in denied.stderr
     assert "r3ad" not in denied.stderr
