@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := redis-server python3-venv
 
-.PHONY: all deps venv lint test demo clean
+.PHONY: all deps venv lint test demo clean deb-deps deb systest-deps test-system
 
 all: test
 
@@ -39,3 +39,96 @@ demo: venv
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# The chaos run: queuectl under injected faults (docs/reliability.md).
+# `chaos` is the full run of several minutes, `chaos-quick` its short form,
+# which `make test` also runs through tests/test_chaos_quick.py.
+.PHONY: chaos chaos-quick
+
+chaos: venv
+	$(BIN)/python -m chaos
+
+chaos-quick: venv
+	$(BIN)/python -m chaos --quick
+
+# --- Debian package and system tests -----------------------------------------
+
+VERSION := $(shell head -n 1 debian/changelog | cut -d ' ' -f 2 | tr -d '()')
+DEB := queuectl_$(VERSION)_all.deb
+NEXT_VERSION := $(VERSION)+systest1
+# The system tests' Debian root, kept between runs; outside the clone.
+SYSTEST_CACHE ?= /var/cache/queuectl-systest
+SYSTEST_DIR := build/systest
+
+# Build tools, then the Build-Depends of debian/control, from Debian's
+# archive; the build itself downloads nothing.
+deb-deps:
+	@if ! command -v dpkg-checkbuilddeps >/dev/null || ! command -v lintian >/dev/null \
+		|| ! command -v git >/dev/null || ! dpkg-checkbuilddeps >/dev/null 2>&1; then \
+		echo "installing the packages needed to build queuectl's .deb"; \
+		apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			dpkg-dev lintian git \
+		&& DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -qq --no-install-recommends ./; \
+	fi
+
+# dist/queuectl_<version>_all.deb, checked by lintian: any error or warning fails.
+deb: deb-deps
+	rm -f dist/queuectl_$(VERSION)_*
+	packaging/build-deb dist
+	lintian --fail-on error,warning dist/queuectl_$(VERSION)_*.changes
+
+systest-deps:
+	@if ! command -v debootstrap >/dev/null || ! command -v systemd-nspawn >/dev/null \
+		|| ! command -v nsenter >/dev/null; then \
+		echo "installing debootstrap and systemd-nspawn"; \
+		apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			debootstrap systemd-container util-linux; \
+	fi
+
+# Boots the package in Debian 12 containers; see tests/system/conftest.py.
+test-system: deb venv systest-deps
+	rm -rf --one-file-system $(SYSTEST_DIR)
+	mkdir -p $(SYSTEST_DIR)/debs
+	cp dist/$(DEB) $(SYSTEST_DIR)/debs/
+	packaging/build-deb $(SYSTEST_DIR)/debs $(NEXT_VERSION)
+	tests/system/build-root $(SYSTEST_CACHE) dist/$(DEB) >$(SYSTEST_DIR)/root
+	QUEUECTL_SYSTEM_TEST=1 \
+	QUEUECTL_SYSTEST_ROOT="$$(cat $(SYSTEST_DIR)/root)" \
+	QUEUECTL_SYSTEST_DEBS=$(abspath $(SYSTEST_DIR)/debs) \
+	QUEUECTL_SYSTEST_DEB=$(DEB) \
+	QUEUECTL_SYSTEST_NEXT_DEB=queuectl_$(NEXT_VERSION)_all.deb \
+	QUEUECTL_SYSTEST_WORK=$(abspath $(SYSTEST_DIR)/work) \
+	QUEUECTL_SYSTEST_REPORT=$(abspath $(SYSTEST_DIR)/measurements.txt) \
+		$(BIN)/pytest -p no:cacheprovider tests/system
+
+# --- benchmark (bench/, docs/benchmarks.md) ---------------------------------
+# The peers (RQ, Dramatiq, Celery) live in their own virtualenv, so they
+# never become dependencies of queuectl.
+
+PEERS_VENV := bench/.venv-peers
+PEERS_BIN := $(PEERS_VENV)/bin
+
+.PHONY: bench bench-quick bench-deps
+
+bench-deps: deps
+	@command -v cc >/dev/null || { \
+		echo "installing: gcc libc6-dev"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev; \
+	}
+
+$(PEERS_BIN)/.peers-installed: bench/requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_BIN)/pip install -q -r bench/requirements-peers.txt
+	touch $@
+
+$(PEERS_BIN)/.report-installed: $(PEERS_BIN)/.peers-installed bench/requirements-report.txt
+	$(PEERS_BIN)/pip install -q -r bench/requirements-report.txt
+	touch $@
+
+bench: venv bench-deps $(PEERS_BIN)/.report-installed
+	$(BIN)/python -m bench --chart
+
+bench-quick: venv bench-deps $(PEERS_BIN)/.peers-installed
+	$(BIN)/python -m bench --quick
