@@ -45,7 +45,8 @@ def setup(level: str = "info", *, program: str = "queuectl") -> None:
     """Send log records of every queuectl logger to stderr."""
     handler = logging.StreamHandler(sys.stderr)
     if under_journald():
-        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+        # The journal names the unit; a module name would only look like one.
+        handler.setFormatter(JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(
             logging.Formatter(

@@ -85,6 +85,11 @@ class Notifier:
         self._status = text
         self._notifier.notify(f"READY=1\nSTATUS={text}")
 
+    def extend_timeout(self, seconds: float) -> None:
+        """Ask systemd to wait ``seconds`` more (plus a margin) for a start or stop."""
+        margin_s = 10
+        self._notifier.notify(f"EXTEND_TIMEOUT_USEC={round((seconds + margin_s) * 1e6)}")
+
     def watchdog(self) -> None:
         """Ping the watchdog if half its interval passed since the last ping."""
         if self.watchdog_interval_s is None:
@@ -139,6 +144,8 @@ def wait_for_redis(
             return True
         except RedisFailure as error:
             notifier.status(f"waiting for Redis: {error}")
+            # Waiting for Redis is not a failed start: keep systemd from timing it out.
+            notifier.extend_timeout(RECONNECT_MAX_S)
             # Each distinct error is logged once, not on every retry.
             if str(error) != last_logged:
                 log.warning("%s; retrying every %.0f s at most", error, RECONNECT_MAX_S)

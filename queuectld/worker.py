@@ -342,6 +342,7 @@ class Worker:
                 next_status = now + STATUS_EVERY_S
             if self.signals.stopping and stop_deadline is None:
                 stop_deadline = now + settings.stop_timeout_s
+                self.notifier.extend_timeout(settings.stop_timeout_s + settings.kill_grace_s)
                 log.info(
                     "job %s: stopping; the job has %.0f s to finish",
                     job.id,

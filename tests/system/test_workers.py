@@ -159,6 +159,30 @@ def test_stop_lets_job_finish_or_puts_it_back(machine: Machine, measurements: Me
     measurements.add("systemctl stop with a job past stop_timeout=4, kill_grace=1", stop_s)
 
 
+def test_stop_extends_timeout_for_running_job(machine: Machine) -> None:
+    # TimeoutStopSec= shorter than worker.stop_timeout: the worker asks for
+    # more time with EXTEND_TIMEOUT_USEC, so systemd does not kill the job.
+    machine.write_file(
+        "/etc/systemd/system/queuectl-worker@.service.d/50-short-stop.conf",
+        "[Service]\nTimeoutStopSec=3s\n",
+    )
+    machine.systemctl("daemon-reload")
+    machine.queuectl("config", "set", "worker.stop_timeout", "10")
+    machine.systemctl("start", "queuectl-worker@1.service")
+
+    job = machine.enqueue("--", "sleep", "6")
+    machine.wait_job(job, ("processing",), timeout_s=10)
+    started = time.monotonic()
+    machine.systemctl("stop", "queuectl-worker@1.service")
+    stop_s = time.monotonic() - started
+
+    record = machine.job(job)
+    assert record["state"] == "completed", f"systemd killed job {job} during the stop: {record}"
+    state = machine.show("queuectl-worker@1.service", "Result")
+    assert state == {"Result": "success"}, f"the stop timed out: {state}"
+    assert stop_s > 3, f"stop took {stop_s:.1f} s, so the job cannot have run to its end"
+
+
 def test_reload_applies_changed_config(machine: Machine) -> None:
     unit = "queuectl-worker@1.service"
     machine.systemctl("start", unit)
