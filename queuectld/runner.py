@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import math
 import os
-import selectors
+import select
 import signal
 import subprocess
 import time
@@ -28,6 +29,8 @@ CHUNK = 65536
 # How long to wait for the pipes to close once the main process exited.
 DRAIN_S = 0.2
 _PR_SET_CHILD_SUBREAPER = 36
+# Data, EOF (POLLHUP) or an error all mean: read now, it will not block.
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
 class SpawnError(Exception):
@@ -122,7 +125,13 @@ class Exit:
 
 
 class Running:
-    """A started job: reads its output and reports when it exits."""
+    """A started job: reads its output and reports when it exits.
+
+    One ``poll`` set watches both pipes, a pidfd of the main process (where
+    the kernel has pidfds) and the signal wake-up pipe.  The pipes stay in
+    blocking mode: they are read only after ``poll`` reported data or EOF,
+    when a read cannot block.
+    """
 
     def __init__(self, process: subprocess.Popen[bytes], limit: int, wakeup_fd: int | None) -> None:
         self.process = process
@@ -130,20 +139,17 @@ class Running:
         self.stdout = Tail(limit)
         self.stderr = Tail(limit)
         self.exit: Exit | None = None
-        self._tails: dict[int, Tail] = {}
-        self._selector = selectors.DefaultSelector()
         assert process.stdout is not None and process.stderr is not None
-        for stream, tail in ((process.stdout, self.stdout), (process.stderr, self.stderr)):
-            fd = stream.fileno()
-            os.set_blocking(fd, False)
-            self._tails[fd] = tail
-            self._selector.register(fd, selectors.EVENT_READ)
+        self._tails = {process.stdout.fileno(): self.stdout, process.stderr.fileno(): self.stderr}
+        self._poll = select.poll()
+        for fd in self._tails:
+            self._poll.register(fd, _READABLE)
         self._pidfd = _pidfd_open(process.pid)
         if self._pidfd is not None:
-            self._selector.register(self._pidfd, selectors.EVENT_READ)
+            self._poll.register(self._pidfd, _READABLE)
         self._wakeup_fd = wakeup_fd
         if wakeup_fd is not None:
-            self._selector.register(wakeup_fd, selectors.EVENT_READ)
+            self._poll.register(wakeup_fd, _READABLE)
         self.term_sent_at: float | None = None
         self.kill_sent = False
 
@@ -158,10 +164,8 @@ class Running:
                 break
             if self._pidfd is None:
                 timeout = min(timeout, 0.05)
-            events = self._selector.select(timeout)
             interrupted = exited = False
-            for key, _ in events:
-                fd = key.fd
+            for fd, _ in self._poll.poll(math.ceil(timeout * 1000)):
                 if fd == self._pidfd:
                     exited = True
                 elif fd == self._wakeup_fd:
@@ -175,14 +179,12 @@ class Running:
         return self.exit is not None
 
     def _read(self, fd: int) -> None:
-        try:
-            data = os.read(fd, CHUNK)
-        except BlockingIOError:
-            return
+        data = os.read(fd, CHUNK)
         if data:
             self._tails[fd].add(data)
         else:
-            self._selector.unregister(fd)
+            self._poll.unregister(fd)
+            del self._tails[fd]
 
     def _on_exit(self) -> None:
         # The main process is a zombie until waited for, so its pid, which
@@ -200,17 +202,18 @@ class Running:
     def _drain(self) -> None:
         """Read what the pipes still hold; stop when they close or after DRAIN_S."""
         deadline = time.monotonic() + DRAIN_S
-        while True:
-            open_fds = [fd for fd in self._tails if _registered(self._selector, fd)]
+        if self._pidfd is not None:
+            self._poll.unregister(self._pidfd)
+        if self._wakeup_fd is not None:
+            self._poll.unregister(self._wakeup_fd)
+        while self._tails:
             remaining = deadline - time.monotonic()
-            if not open_fds or remaining <= 0:
+            if remaining <= 0:
                 return
-            for key, _ in self._selector.select(remaining):
-                if key.fd in self._tails:
-                    self._read(key.fd)
+            for fd, _ in self._poll.poll(math.ceil(remaining * 1000)):
+                self._read(fd)
 
     def _close(self) -> None:
-        self._selector.close()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
@@ -239,14 +242,6 @@ class Running:
     def kill_now(self) -> None:
         self.kill_sent = True
         self.signal_group(signal.SIGKILL)
-
-
-def _registered(selector: selectors.BaseSelector, fd: int) -> bool:
-    try:
-        selector.get_key(fd)
-    except KeyError:
-        return False
-    return True
 
 
 def _pidfd_open(pid: int) -> int | None:
