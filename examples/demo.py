@@ -92,6 +92,8 @@ class Demo:
             "lease_timeout = 3\n"
             "stop_timeout = 10\n"
             f'run_dir = "{self.folder / "run"}"\n'
+            # `make demo` runs as root on a fresh machine.
+            "allow_root = true\n"
         )
         print(f"config {self.config}: lease timeout 3 s, heartbeat 1 s")
 

@@ -79,6 +79,7 @@ class WorkerConfig:
     stop_timeout_s: float = 60.0
     kill_grace_s: float = 5.0
     run_dir: str = "/run/queuectl"
+    allow_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,12 @@ def _string(pattern: re.Pattern[str] | None = None, choices: tuple[str, ...] = (
         return value
 
     return check
+
+
+def _boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value!r}")
+    return value
 
 
 def _optional_path(value: Any) -> Any:
@@ -255,6 +262,7 @@ KEYS: dict[str, KeySpec] = dict(
         _spec("worker.stop_timeout", "stop_timeout_s", _number(0, 86400), "seconds"),
         _spec("worker.kill_grace", "kill_grace_s", _number(0, 3600), "seconds"),
         _spec("worker.run_dir", "run_dir", _absolute_path, "pidfiles of detached workers"),
+        _spec("worker.allow_root", "allow_root", _boolean, "let a worker run jobs as root"),
         _spec("scheduler.batch_size", "batch_size", _number(1, 10000, integer=True), "jobs"),
         _spec("scheduler.lock_timeout", "lock_timeout_s", _number(0.5, 3600), "seconds"),
         _spec("reaper.batch_size", "batch_size", _number(1, 10000, integer=True), "jobs"),
@@ -398,4 +406,14 @@ def _check_together(config: Config) -> None:
             f"{source}: worker.heartbeat_interval ({worker.heartbeat_interval_s:g} s) must be "
             f"shorter than worker.lease_timeout ({worker.lease_timeout_s:g} s); "
             "a third of the lease timeout or less is a good choice"
+        )
+
+
+def check_not_root(worker: WorkerConfig, euid: int) -> None:
+    """Raise ``ConfigError`` if a worker would run jobs as root without consent."""
+    if euid == 0 and not worker.allow_root:
+        raise ConfigError(
+            "a worker running as root would run every job as root; run it as an "
+            "unprivileged user (the queuectl-worker@ units use the queuectl user), "
+            "or set worker.allow_root = true"
         )

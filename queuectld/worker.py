@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from . import __version__
 from .allowlist import rejection
-from .config import Config
+from .config import Config, check_not_root
 from .errors import ConflictError, RedisFailure
 from .jobs import Claimed
 from .runner import Running, SpawnError, become_subreaper, reap_orphans, spawn
@@ -91,6 +91,7 @@ class Worker:
     # --- life cycle ----------------------------------------------------------
 
     def run(self) -> None:
+        check_not_root(self.config.worker, os.geteuid())
         become_subreaper()
         if not wait_for_redis(self._start, self.signals, self.notifier, what="worker"):
             return

@@ -52,6 +52,8 @@ def env(redis_server: RedisServer, tmp_path: Path) -> Iterator[Env]:
             "stop_timeout": 5.0,
             "kill_grace": 0.5,
             "run_dir": str(tmp_path / "run"),
+            # The tests run as root in CI.
+            "allow_root": True,
         },
         jobs={"backoff_base": 1.0, "backoff_max": 0.2, "cwd": str(tmp_path)},
         scheduler={"lock_timeout": 1.0},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -288,3 +289,16 @@ def test_tls_without_client_certificate_fails(env: Env, tls_server: str, tmp_pat
     assert result.returncode == REDIS_UNAVAILABLE
     assert tls_server in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="checks what a worker started as root does")
+def test_worker_refuses_root_unless_allowed(env: Env) -> None:
+    env.write_config(worker={"allow_root": False})
+
+    daemon = env.run("queuectl-worker", "--instance", "1", timeout_s=30)
+    detached = env.cli("worker", "start", "--count", "1")
+
+    for result in (daemon, detached):
+        assert result.returncode == 6, result.stderr
+        assert "worker.allow_root = true" in result.stderr
+    assert not env.run_dir.exists() or not list(env.run_dir.glob("*.pid"))

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+from ..config import Config, check_not_root
 from ..errors import ConflictError, QueueError, UsageError
 from ..store import Store
 from .output import ago, print_json, print_table
@@ -74,6 +74,7 @@ def start_command(args: argparse.Namespace, config: Config) -> int:
         print(f"started queuectl-worker@{{{','.join(instances)}}}.service")
         return 0
 
+    check_not_root(config.worker, os.geteuid())
     run_dir = _run_dir(config)
     for instance in instances:
         pid = _read_pid(_pidfile(run_dir, instance))
