@@ -28,7 +28,7 @@ $(BIN)/.installed: pyproject.toml requirements-dev.txt
 venv: deps $(BIN)/.installed
 
 lint: venv
-	$(BIN)/ruff check queuectld tests examples
+	$(BIN)/ruff check queuectld tests examples chaos bench
 	$(BIN)/mypy
 
 test: lint

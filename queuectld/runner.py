@@ -159,9 +159,9 @@ class Running:
         Returns True when the main process has exited (``self.exit`` set).
         """
         while self.exit is None:
-            timeout = until - time.monotonic()
-            if timeout <= 0:
-                break
+            # Poll at least once, even when ``until`` has passed, so a caller
+            # that was held up elsewhere still sees the exit and the output.
+            timeout = max(0.0, until - time.monotonic())
             if self._pidfd is None:
                 timeout = min(timeout, 0.05)
             interrupted = exited = False
@@ -174,7 +174,7 @@ class Running:
                     self._read(fd)
             if exited or (self._pidfd is None and self.process.poll() is not None):
                 self._on_exit()
-            if interrupted:
+            if interrupted or time.monotonic() >= until:
                 break
         return self.exit is not None
 
@@ -230,6 +230,12 @@ class Running:
         if self.term_sent_at is None:
             self.term_sent_at = time.monotonic()
             self.signal_group(signal.SIGTERM)
+
+    def kill_due(self, grace_s: float) -> float | None:
+        """Return when ``escalate`` will send SIGKILL, or None if it will not."""
+        if self.term_sent_at is None or self.kill_sent:
+            return None
+        return self.term_sent_at + grace_s
 
     def escalate(self, grace_s: float) -> None:
         """Send SIGKILL if SIGTERM was sent ``grace_s`` ago or longer."""

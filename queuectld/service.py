@@ -132,11 +132,22 @@ def wait_for_redis(
     notifier: Notifier,
     *,
     what: str,
+    deadline: float | None = None,
 ) -> bool:
-    """Call ``attempt`` until Redis answers; return False if asked to stop first."""
+    """Call ``attempt`` until Redis answers; return False if asked to stop first.
+
+    With a monotonic ``deadline``, a stop request no longer ends the wait: only
+    the deadline or a second stop request does.
+    """
     delay = 0.1
     last_logged = ""
-    while not signals.stopping:
+
+    def keep_waiting() -> bool:
+        if deadline is None:
+            return not signals.stopping
+        return signals.stop_count < 2 and time.monotonic() < deadline
+
+    while keep_waiting():
         try:
             attempt()
             if last_logged:

@@ -270,7 +270,18 @@ class Worker:
                 self.store.finish(job, outcome, worker=self.name, history_limit=jobs.history_limit)
             )
 
-        if not wait_for_redis(attempt, self.signals, self.notifier, what="worker"):
+        # A stopping worker still waits to record what the job did, for as
+        # long as it would have let the job run.
+        settings = self.config.worker
+        give_up_at = time.monotonic() + settings.stop_timeout_s + settings.kill_grace_s
+        if not wait_for_redis(
+            attempt, self.signals, self.notifier, what="worker", deadline=give_up_at
+        ):
+            log.error(
+                "job %s: outcome not recorded; Redis stayed unreachable while the worker "
+                "stopped, so the job will run again",
+                job.id,
+            )
             return None
         self._resume_held()
         if recorded[0].status == "lost":
@@ -330,8 +341,8 @@ class Worker:
             )
             if reason is None:
                 wake = min(wake, deadline, stop_deadline or wake)
-            elif running.term_sent_at is not None and not running.kill_sent:
-                wake = min(wake, running.term_sent_at + settings.kill_grace_s)
+            else:
+                wake = min(wake, running.kill_due(settings.kill_grace_s) or wake)
             if running.pump(wake):
                 return reason
             self.signals.drain()
@@ -342,19 +353,18 @@ class Worker:
                 self.notifier.status(f"running job {job.id} for {now - running.started:.0f} s")
                 next_status = now + STATUS_EVERY_S
             if self.signals.stopping and stop_deadline is None:
-                stop_deadline = now + settings.stop_timeout_s
-                self.notifier.extend_timeout(settings.stop_timeout_s + settings.kill_grace_s)
-                log.info(
-                    "job %s: stopping; the job has %.0f s to finish",
-                    job.id,
-                    settings.stop_timeout_s,
-                )
+                stop_deadline = self._begin_stop(job, now)
             if self.signals.stop_count >= 2 and reason in (None, "stopping"):
                 reason = "stopping"
                 running.kill_now()
-            if now >= next_beat:
+            if now >= next_beat and reason != "lease_lost":
                 reason = self._heartbeat(job, reason) or reason
+                # The call may have blocked until Redis answered or timed out:
+                # look at the job again before judging it by the clock.
+                now = time.monotonic()
                 next_beat = now + settings.heartbeat_interval_s
+                if running.pump(now):
+                    return reason
             if reason is None and now >= deadline:
                 reason = "timeout"
             if reason is None and stop_deadline is not None and now >= stop_deadline:
@@ -362,6 +372,13 @@ class Worker:
             if reason is not None:
                 running.terminate()
                 running.escalate(settings.kill_grace_s)
+
+    def _begin_stop(self, job: Claimed, now: float) -> float:
+        """Give the running job its stop timeout; return when that ends."""
+        settings = self.config.worker
+        self.notifier.extend_timeout(settings.stop_timeout_s + settings.kill_grace_s)
+        log.info("job %s: stopping; the job has %.0f s to finish", job.id, settings.stop_timeout_s)
+        return now + settings.stop_timeout_s
 
     def _heartbeat(self, job: Claimed, reason: str | None) -> str | None:
         try:
