@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := redis-server python3-venv
 
-.PHONY: all deps venv lint test demo clean deb-deps deb systest-deps test-system
+.PHONY: all deps venv lint test test-compat demo clean deb-deps deb systest-deps test-system
 
 all: test
 
@@ -34,11 +34,23 @@ lint: venv
 test: lint
 	$(BIN)/pytest
 
+# The suite again with redis-py 4.3.4, the version Debian 12 ships as
+# python3-redis, and without hiredis (the chaos run is left out).
+COMPAT_VENV := .venv-redis43
+$(COMPAT_VENV)/.installed: pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/pip install -q --upgrade pip
+	$(COMPAT_VENV)/bin/pip install -q -e . redis==4.3.4 -r requirements-dev.txt
+	touch $@
+
+test-compat: deps $(COMPAT_VENV)/.installed
+	$(COMPAT_VENV)/bin/pytest -p no:cacheprovider --ignore=tests/test_chaos_quick.py
+
 demo: venv
 	$(BIN)/python examples/demo.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(COMPAT_VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
 
 # The chaos run: queuectl under injected faults (docs/reliability.md).
 # `chaos` is the full run of several minutes, `chaos-quick` its short form,

@@ -120,10 +120,7 @@ def translated(url: str) -> Iterator[None]:
     try:
         yield
     except redis.AuthenticationError as error:
-        raise RedisCommandError(
-            f"Redis at {shown} rejected the credentials ({error}); "
-            "check redis.username and redis.password_file"
-        ) from None
+        raise _rejected_login(shown, error) from None
     except (redis.ConnectionError, redis.TimeoutError) as error:
         reason = describe(error)
         if "certificate verify failed" in reason:
@@ -132,11 +129,21 @@ def translated(url: str) -> Iterator[None]:
             hint = "check that redis-server runs there, or set redis.url"
         raise RedisUnavailableError(f"cannot reach Redis at {shown}: {reason}; {hint}") from None
     except redis.ResponseError as error:
+        # redis-py 4.3 reports a rejected login as a plain error reply.
+        if str(error).startswith(("WRONGPASS", "NOAUTH")):
+            raise _rejected_login(shown, error) from None
         raise RedisCommandError(
             f"Redis at {shown} returned an error: {_reply_text(error)}"
         ) from None
     except redis.RedisError as error:
         raise RedisCommandError(f"Redis at {shown} failed: {error}") from None
+
+
+def _rejected_login(shown: str, error: redis.RedisError) -> RedisCommandError:
+    return RedisCommandError(
+        f"Redis at {shown} rejected the credentials ({error}); "
+        "check redis.username and redis.password_file"
+    )
 
 
 def _reply_text(error: redis.ResponseError) -> str:
