@@ -71,3 +71,31 @@ def test_stopping_worker_waits_to_record_outcome(env: Env, tmp_path: Path) -> No
 
     assert record["state"] == "completed", env.log_of(worker)
     assert [entry["outcome"] for entry in record["history"]] == ["completed"]
+
+
+def test_out_of_memory_is_reported_and_waited_out(env: Env, tmp_path: Path) -> None:
+    server = start_redis(tmp_path / "oom", "--maxmemory-policy", "noeviction")
+    env.write_config(redis={"url": server.url})
+    worker = env.spawn("queuectl-worker", "--instance", "1")
+    client = server.client()
+    try:
+        env.wait_for_log(worker, "started")
+        client.config_set("maxmemory", 1)
+        refused = env.cli("enqueue", '{"id": "big", "command": ["true"]}')
+        env.wait_for_log(worker, "maxmemory")
+        alive_while_full = worker.poll() is None
+        client.config_set("maxmemory", 0)
+        created = env.cli("enqueue", '{"id": "after", "command": ["true"]}')
+        record = env.wait_for_state("after", "completed", timeout_s=30)
+    finally:
+        client.close()
+        stop_pid(server.pid)
+        server.process.wait()
+
+    assert refused.returncode == 7
+    assert server.url in refused.stderr
+    assert "maxmemory" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert alive_while_full, "the worker exited when Redis ran out of memory"
+    assert created.returncode == 0, created.stderr
+    assert record["attempts"] == 1
