@@ -12,7 +12,6 @@ running in its group is killed too.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import math
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 CHUNK = 65536
 # How long to wait for the pipes to close once the main process exited.
 DRAIN_S = 0.2
+# How long to reap processes killed with the job's group after it exited.
+STRAGGLER_REAP_S = 0.1
 _PR_SET_CHILD_SUBREAPER = 36
 # Data, EOF (POLLHUP) or an error all mean: read now, it will not block.
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
@@ -77,15 +78,22 @@ def become_subreaper() -> None:
         pass
 
 
-def reap_orphans() -> None:
-    """Reap adopted descendants that exited; call only while no job runs."""
+def reap_orphans(wait_s: float = 0.0) -> None:
+    """Reap adopted descendants that exited; call only while no job runs.
+
+    With ``wait_s``, keep reaping for up to that long while children remain,
+    so processes that were just sent SIGKILL are reaped as they die.
+    """
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
-            return
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.001)
 
 
 def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> subprocess.Popen[bytes]:
@@ -189,9 +197,12 @@ class Running:
     def _on_exit(self) -> None:
         # The main process is a zombie until waited for, so its pid, which
         # is also the group id, cannot be reused before the group is killed.
-        self.signal_group(signal.SIGKILL)
+        stragglers = self.signal_group(signal.SIGKILL)
         returncode = self.process.wait()
         duration = time.monotonic() - self.started
+        if stragglers:
+            # Processes the job left in its group now die as our adopted children.
+            reap_orphans(STRAGGLER_REAP_S)
         self._drain()
         self._close()
         if returncode < 0:
@@ -221,9 +232,13 @@ class Running:
             if stream is not None:
                 stream.close()
 
-    def signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+    def signal_group(self, signum: int) -> bool:
+        """Signal the job's process group; return False if no member was left."""
+        try:
             os.killpg(self.process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def terminate(self) -> None:
         """Send SIGTERM to the group once; ``escalate`` sends SIGKILL later."""
