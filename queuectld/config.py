@@ -137,9 +137,9 @@ def _number(low: float, high: float, *, integer: bool = False) -> Check:
 
     def check(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"must be {kind} from {low:g} to {high:g}")
+            raise ValueError(f"must be {kind} from {low:g} to {high:g}, not {value!r}")
         if integer and not isinstance(value, int):
-            raise ValueError(f"must be {kind} from {low:g} to {high:g}")
+            raise ValueError(f"must be {kind} from {low:g} to {high:g}, not {value!r}")
         if math.isnan(value) or not low <= value <= high:
             raise ValueError(f"must be {kind} from {low:g} to {high:g}, not {value!r}")
         return int(value) if integer else float(value)

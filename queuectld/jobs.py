@@ -196,7 +196,10 @@ def _command(value: Any) -> tuple[str, ...]:
         try:
             value = shlex.split(value)
         except ValueError as error:
-            raise ValueError(f"cannot be split into arguments: {error}") from None
+            raise ValueError(
+                f"cannot be split into arguments: {error}; close the quote, "
+                "or give the command as a JSON list of strings"
+            ) from None
     if not isinstance(value, list):
         raise ValueError(f"must be a list of strings or a string, not {_type_name(value)}")
     if not value:
@@ -233,7 +236,7 @@ def _seconds(value: Any, low: float, high: float, *, allow_low: bool) -> float:
     too_low = value < low if allow_low else value <= low
     if too_low or value > high:
         bound = "at least" if allow_low else "more than"
-        raise ValueError(f"must be {bound} {low:g} and at most {high:g} seconds, not {value:g}")
+        raise ValueError(f"must be {bound} {low:g} and at most {high:.0f} seconds, not {value:g}")
     return float(value)
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -448,7 +449,7 @@ class Worker:
 
 
 def _shown(command: Sequence[str]) -> str:
-    text = " ".join(command)
+    text = shlex.join(command)
     return text if len(text) <= 200 else text[:197] + "..."
 
 

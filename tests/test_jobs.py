@@ -355,7 +355,7 @@ def test_spec_error_names_field_and_fix(env: Env) -> None:
 
     assert result.stderr == (
         "queuectl: invalid job spec: timeout: must be more than 0 and at most "
-        "3.16224e+07 seconds, not -3\n"
+        "31622400 seconds, not -3\n"
     )
 
 

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 internal error, 2 usage error or invalid job spec,
 3 not found, 4 conflict, 5 Redis unreachable, 6 invalid config, 7 Redis
-returned an error, 8 a ``doctor`` check failed.
+returned an error, 8 a `queuectl doctor` check failed
+(warnings alone exit 0).
 """
 
 from __future__ import annotations

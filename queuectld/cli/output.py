@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -45,7 +46,7 @@ def ago(value_ms: Any, now_ms: float | None = None) -> str:
 def short_command(command: Any, width: int = 60) -> str:
     if not isinstance(command, list):
         return "-"
-    text = " ".join(str(part) for part in command)
+    text = shlex.join(str(part) for part in command)
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
