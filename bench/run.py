@@ -3,9 +3,10 @@
 ``make bench`` and ``make bench-quick`` install what it needs and run it.
 It uses queuectl from the interpreter running it, and RQ, Dramatiq and
 Celery from the peers' virtualenv (``--peers-python``).  Every redis-server
-and worker it starts runs on 127.0.0.1 or a private socket, and is stopped by
+it starts listens on 127.0.0.1, and every process it starts is stopped by
 its process id when the run ends.  Results go to ``--out``: results.json,
-table.txt, table.md, profile.txt and, with ``--chart``, throughput.png.
+table.txt, table.md, cpu.md, profile.txt with py-spy's raw samples and,
+with ``--chart``, throughput.png.
 
 The exit code is 1 when a measurement produced no number, 0 otherwise; no
 timing is checked against its target by the exit code.
@@ -57,9 +58,34 @@ class Plan:
     profile_jobs: int
 
 
-FULL = Plan("full", 5000, 3, 1000, 200, 0.05, 5, 100_000, 1_000_000, 10, 20_000)
-QUICK = Plan("quick", 300, 1, 100, 40, 0.05, 1, 10_000, 20_000, 3, 0)
-# Pending jobs stored while the CLI is profiled; its reads do not depend on the count.
+FULL = Plan(
+    name="full",
+    throughput_jobs=5000,
+    rounds=3,
+    dispatch_jobs=1000,
+    lateness_jobs=200,
+    lateness_spacing_s=0.05,
+    recovery_trials=5,
+    bulk_jobs=100_000,
+    stored_jobs=1_000_000,
+    cli_runs=10,
+    profile_jobs=20_000,
+)
+QUICK = Plan(
+    name="quick",
+    throughput_jobs=300,
+    rounds=1,
+    dispatch_jobs=100,
+    lateness_jobs=40,
+    lateness_spacing_s=0.05,
+    recovery_trials=1,
+    bulk_jobs=10_000,
+    stored_jobs=20_000,
+    cli_runs=3,
+    profile_jobs=0,
+)
+# Pending jobs stored while the CLI is profiled.  The profiled commands read a
+# count or a page of each sorted set, which takes no longer with more jobs.
 PROFILE_STORED = 100_000
 SECTIONS = ("throughput", "dispatch", "lateness", "recovery", "bulk", "cli", "profile")
 
