@@ -125,7 +125,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> subprocess.P
 
 @dataclass
 class Exit:
-    """How the main process ended."""
+    """The exit status and run time of the main process."""
 
     exit_code: int | None
     signal: int | None

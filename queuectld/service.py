@@ -25,7 +25,7 @@ from .errors import ExitCode, QueueError, RedisFailure
 
 log = logging.getLogger(__name__)
 
-# Longest sleep between attempts to reach Redis.
+# Maximum sleep between attempts to reach Redis.
 RECONNECT_MAX_S = 5.0
 
 

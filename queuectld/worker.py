@@ -32,7 +32,7 @@ from .store import Claim, Finish, Outcome, Store, WorkerKeys
 
 log = logging.getLogger(__name__)
 
-# Longest a worker blocks waiting for work, so it notices stops and reloads.
+# Maximum time a worker blocks waiting for work, so it notices stops and reloads.
 IDLE_BLOCK_S = 1.0
 INSTANCE_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # How often the STATUS of a running job is refreshed.
