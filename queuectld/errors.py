@@ -14,13 +14,13 @@ class ExitCode(enum.IntEnum):
     """Exit codes shared by the CLI and the daemons."""
 
     OK = 0
-    INTERNAL = 1  # a bug: an exception nobody expected
+    INTERNAL = 1  # a bug: an unexpected exception
     USAGE = 2  # invalid arguments, invalid job spec or input file
     NOT_FOUND = 3  # no job, queue or key by that name
     CONFLICT = 4  # id already in use, or the job is in the wrong state
     REDIS_UNAVAILABLE = 5  # connection refused, timed out, or DNS failed
     CONFIG = 6  # config file missing, unreadable or invalid
-    REDIS_ERROR = 7  # Redis answered with an error: wrong password, out of memory
+    REDIS_ERROR = 7  # Redis returned an error: wrong password, out of memory
     CHECK_FAILED = 8  # `queuectl doctor` found a problem
 
 
@@ -77,7 +77,7 @@ class RedisUnavailableError(RedisFailure):
 
 
 class RedisCommandError(RedisFailure):
-    """Redis answered with an error (authentication, memory, script)."""
+    """Redis returned an error (authentication, memory, script)."""
 
     exit_code = ExitCode.REDIS_ERROR
 

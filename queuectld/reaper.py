@@ -3,7 +3,7 @@
 One pass, then exit (a systemd timer runs it), or ``--loop SECONDS`` on
 machines without systemd.  Each pass requeues or dead-letters every job
 whose lease deadline passed, deletes finished records past their retention,
-and forgets workers that stopped heartbeating.  Several reapers at once are
+and removes the records of workers that stopped heartbeating.  Several reapers at once are
 safe: each job is taken by a script that checks its lease first.
 """
 

@@ -1,6 +1,6 @@
 """Running one job's command: spawn, stream output, enforce time limits.
 
-The command runs in a new session, so its process group holds it and its
+The command runs in a new session, so its process group contains it and its
 children.  stdin is /dev/null; the environment is built from scratch, so
 nothing of the worker's own environment (``NOTIFY_SOCKET``, ``WATCHDOG_*``,
 credentials) reaches the job.  stdout and stderr are read as they arrive and
@@ -168,7 +168,7 @@ class Running:
         """
         while self.exit is None:
             # Poll at least once, even when ``until`` has passed, so a caller
-            # that was held up elsewhere still sees the exit and the output.
+            # that was held up elsewhere still reads the exit and the output.
             timeout = max(0.0, until - time.monotonic())
             if self._pidfd is None:
                 timeout = min(timeout, 0.05)

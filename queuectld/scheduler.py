@@ -26,7 +26,7 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-# Longest the loop sleeps, so it notices signals and renews its lock.
+# Maximum time the loop sleeps, so it notices signals and renews its lock.
 MAX_SLEEP_S = 1.0
 
 

@@ -134,7 +134,7 @@ def wait_for_redis(
     what: str,
     deadline: float | None = None,
 ) -> bool:
-    """Call ``attempt`` until Redis answers; return False if asked to stop first.
+    """Call ``attempt`` until Redis responds; return False if asked to stop first.
 
     With a monotonic ``deadline``, a stop request no longer ends the wait: only
     the deadline or a second stop request does.

@@ -37,7 +37,7 @@ from .jobs import Claimed, Spec
 from .keys import FINAL_STATES, JOB_STATES, Keys
 from .scripts import Scripts
 
-# Jobs per enqueue script call; a bigger batch holds Redis longer per call.
+# Jobs per enqueue script call; a bigger batch blocks Redis longer per call.
 ENQUEUE_BATCH = 1000
 Result = TypeVar("Result")
 
@@ -53,7 +53,7 @@ def _translate(method: Callable[..., Result]) -> Callable[..., Result]:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended, as the worker reports it."""
+    """The outcome of an attempt, as the worker reports it."""
 
     kind: str  # completed, failed, dead, cancelled or requeue
     exit_code: int | None = None

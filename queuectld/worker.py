@@ -360,7 +360,7 @@ class Worker:
                 running.kill_now()
             if now >= next_beat and reason != "lease_lost":
                 reason = self._heartbeat(job, reason) or reason
-                # The call may have blocked until Redis answered or timed out:
+                # The call may have blocked until Redis responded or timed out:
                 # look at the job again before judging it by the clock.
                 now = time.monotonic()
                 next_beat = now + settings.heartbeat_interval_s

@@ -56,7 +56,7 @@ class RedisServer:
 
 
 def start_redis(folder: Path, *extra: str) -> RedisServer:
-    """Start redis-server on a unix socket in ``folder``; return once it answers."""
+    """Start redis-server on a unix socket in ``folder``; return once it responds."""
     server = shutil.which("redis-server")
     if server is None:
         pytest.fail("redis-server is not installed; run `make test`, which installs it")
@@ -122,6 +122,14 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> No
         time.sleep(0.01)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
+
+
+def vm_peak_kib(pid: int, field: str = "VmHWM") -> int:
+    """Return a memory figure of ``pid`` in KiB: its peak resident size by default."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 def process_state(pid: int) -> str | None:

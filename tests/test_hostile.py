@@ -7,17 +7,10 @@ import os
 import time
 from pathlib import Path
 
-from harness import Env, process_state, wait_until
+from harness import Env, process_state, vm_peak_kib, wait_until
 
 CONFLICT = 4
 GIB = 1 << 30
-
-
-def vm_high_water_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
 
 
 def test_gigabyte_of_output_keeps_memory_flat(env: Env) -> None:
@@ -25,11 +18,11 @@ def test_gigabyte_of_output_keeps_memory_flat(env: Env) -> None:
     worker = env.spawn("queuectl-worker", "--instance", "1")
     env.enqueue(["true"], id="warm-up")
     env.wait_for_state("warm-up", "completed")
-    before_kib = vm_high_water_kib(worker.pid)
+    before_kib = vm_peak_kib(worker.pid)
 
     env.enqueue(["head", "-c", str(GIB), "/dev/urandom"], id="flood", timeout=120)
     record = env.wait_for_state("flood", "completed", timeout_s=120)
-    after_kib = vm_high_water_kib(worker.pid)
+    after_kib = vm_peak_kib(worker.pid)
     stdout = env.store().get_output("flood")["stdout"]
 
     print(f"worker peak memory: {before_kib} KiB before, {after_kib} KiB after 1 GiB of output")

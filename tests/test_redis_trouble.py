@@ -1,4 +1,4 @@
-"""A worker whose Redis stops answering while a job runs, and then is told to stop."""
+"""A worker whose Redis stops answering while a job runs, and then receives SIGTERM."""
 
 from __future__ import annotations
 

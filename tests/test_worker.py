@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Env, process_state, wait_until
+from harness import Env, process_state, vm_peak_kib, wait_until
 
 from queuectld.jobs import validate
 from queuectld.store import Store
@@ -19,13 +19,6 @@ def start_worker(env: Env, instance: str = "1", **extra_env: str) -> None:
     """Start a worker and wait until it has registered in Redis."""
     process = env.spawn("queuectl-worker", "--instance", instance, env=extra_env)
     env.wait_for_log(process, "started, pid")
-
-
-def vm_peak_kib(pid: int, field: str = "VmHWM") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 def test_completed_job_records_outcome(env: Env) -> None:

@@ -2,7 +2,7 @@
 
 ``set`` never edits the packaged file: it writes the drop-in
 ``<config>.d/90-queuectl-set.toml``, checks that the whole config still
-loads, and asks running daemons to reload.
+loads, and signals running daemons to reload.
 """
 
 from __future__ import annotations

@@ -72,7 +72,9 @@ def add_parsers(commands: Any) -> None:
     listing = commands.add_parser("list", help="list jobs")
     listing.add_argument("--state", help=f"one of: {', '.join(JOB_STATES)}")
     listing.add_argument("--queue", help="only jobs of this queue")
-    listing.add_argument("--limit", type=int, default=50, help="most jobs to list (default: 50)")
+    listing.add_argument(
+        "--limit", type=int, default=50, help="maximum number of jobs to list (default: 50)"
+    )
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=list_command)
 
@@ -92,7 +94,9 @@ def add_parsers(commands: Any) -> None:
     dlq = commands.add_parser("dlq", help="the dead-letter queue")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="COMMAND", required=True)
     dlq_list = dlq_commands.add_parser("list", help="list dead jobs")
-    dlq_list.add_argument("--limit", type=int, default=50, help="most jobs to list (default: 50)")
+    dlq_list.add_argument(
+        "--limit", type=int, default=50, help="maximum number of jobs to list (default: 50)"
+    )
     dlq_list.add_argument("--json", action="store_true", help="print JSON")
     dlq_list.set_defaults(handler=dlq_list_command)
     dlq_retry = dlq_commands.add_parser("retry", help="send dead jobs back to their queues")

@@ -52,7 +52,7 @@ def add_parsers(commands: Any) -> None:
 
 
 def systemd_manages_workers() -> bool:
-    """Return True under a booted systemd that knows the worker unit."""
+    """Return True under a booted systemd with the worker unit installed."""
     if not Path("/run/systemd/system").is_dir() or shutil.which("systemctl") is None:
         return False
     probe = subprocess.run(["systemctl", "cat", UNIT_TEMPLATE], capture_output=True, check=False)

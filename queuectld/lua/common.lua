@@ -81,7 +81,7 @@ local function notify(notify_key, count)
 end
 
 -- A record that no longer parses goes to the dead-letter queue as it is,
--- wrapped in a readable record that says why.
+-- wrapped in a readable record that states why.
 local function bury_unreadable(jobs_key, dead_key, id, raw, now)
   local record = {
     id = id, state = 'dead', priority = 0, attempts = 0, queue = 'unknown',
