@@ -225,7 +225,12 @@ def test_invalid_config_fails_without_restart_loop(machine: Machine) -> None:
     # A reload with a broken file keeps the running config.
     machine.write_file("/etc/queuectl/queuectl.toml.d/60-broken.toml", "[worker\n")
     machine.systemctl("reload", unit)
-    time.sleep(1)
+    # An idle worker notices SIGHUP when its blocking wait for work ends (1 s at most).
+    machine.wait_for(
+        lambda: "reload failed, keeping the running config" in machine.journal(f"--unit={unit}"),
+        "the worker to log the failed reload",
+        timeout_s=10,
+    )
     state = machine.show(unit, "ActiveState", "MainPID", "StatusText")
     assert state["ActiveState"] == "active", f"a failed reload stopped the worker: {state}"
     assert state["MainPID"] == pid, f"a failed reload restarted the worker: {state}"
