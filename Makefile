@@ -124,10 +124,17 @@ PEERS_BIN := $(PEERS_VENV)/bin
 
 .PHONY: bench bench-quick bench-deps
 
+# The C compiler builds bench/stamp.c; the python3-* packages are the stack
+# the .deb runs on, timed next to the virtualenv's.
 bench-deps: deps
 	@command -v cc >/dev/null || { \
 		echo "installing: gcc libc6-dev"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev; \
+	}
+	@env -u PYTHONPATH /usr/bin/python3 -c 'import redis, sdnotify, daemon' 2>/dev/null || { \
+		echo "installing: python3-redis python3-sdnotify python3-daemon"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			python3-redis python3-sdnotify python3-daemon; \
 	}
 
 $(PEERS_BIN)/.peers-installed: bench/requirements-peers.txt

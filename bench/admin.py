@@ -3,10 +3,15 @@
 Each CLI command runs as a fresh process, as an operator or a cron job runs
 it, so its wall time includes the interpreter's start and queuectl's imports.
 ``python3 -c pass`` with the same interpreter is timed as the floor.
+
+The commands and an idle worker also run on the stack the Debian package
+uses, when it is installed: ``/usr/bin/python3`` with Debian's python3-redis,
+python3-sdnotify and python3-daemon, and this checkout's queuectld.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -17,8 +22,12 @@ from pathlib import Path
 from queuectld.jobs import validate
 
 from .context import QUEUECTL_BIN, Context, open_store
-from .procs import BenchError
+from .procs import BenchError, RedisServer, memory_kib, wait_until
 
+ROOT = Path(__file__).resolve().parent.parent
+DEBIAN_PYTHON = "/usr/bin/python3"
+# The code each program runs at start, as the Debian package's entry scripts run it.
+ENTRY = "import sys; from queuectld.{module} import main; sys.exit(main())"
 # Jobs per enqueue call while filling Redis with pending jobs.
 FILL_BATCH = 10_000
 JOB_LINE = '{"command": ["true"]}\n'
@@ -44,6 +53,8 @@ class CliTimes:
     # Redis memory per pending job, in bytes, from filling the queue.
     bytes_per_job: float = 0.0
     fill_jobs_per_s: float = 0.0
+    # VmRSS in KiB of an idle worker on Debian's stack (0: not measured).
+    debian_worker_rss_kib: int = 0
 
     def median_ms(self, command: str) -> float:
         return statistics.median(self.times_ms[command])
@@ -60,6 +71,25 @@ CLI_COMMANDS = {
         "pending",
         "--limit",
         "50",
+    ],
+}
+
+
+DEBIAN_COMMANDS = {
+    "python3 -c pass, Debian's python3": [DEBIAN_PYTHON, "-c", "pass"],
+    "queuectl enqueue -- true, Debian's python3-redis": [
+        DEBIAN_PYTHON,
+        "-c",
+        ENTRY.format(module="cli.main"),
+        "enqueue",
+        "--",
+        "true",
+    ],
+    "queuectl status, Debian's python3-redis": [
+        DEBIAN_PYTHON,
+        "-c",
+        ENTRY.format(module="cli.main"),
+        "status",
     ],
 }
 
@@ -99,9 +129,47 @@ def measure_cli(ctx: Context, stored: int, runs: int) -> CliTimes:
         env = ctx.queuectl_env(config_path)
         for name, argv in CLI_COMMANDS.items():
             result.times_ms[name] = [_wall_ms(argv, env) for _ in range(runs)]
+        if debian_stack():
+            debian_env = {**env, "PYTHONPATH": str(ROOT)}
+            for name, argv in DEBIAN_COMMANDS.items():
+                result.times_ms[name] = [_wall_ms(argv, debian_env) for _ in range(runs)]
+            result.debian_worker_rss_kib = debian_worker_rss(ctx, server)
         return result
     finally:
         ctx.processes.stop(server.process)
+
+
+def debian_stack() -> bool:
+    """Return whether /usr/bin/python3 has the Debian packages queuectl depends on."""
+    probe = [DEBIAN_PYTHON, "-c", "import redis, sdnotify, daemon"]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    return os.path.exists(DEBIAN_PYTHON) and subprocess.run(probe, env=env).returncode == 0
+
+
+def debian_worker_rss(ctx: Context, server: RedisServer) -> int:
+    """Return VmRSS in KiB of a worker on Debian's stack, idle after three jobs."""
+    queue = 'queues = ["rss-probe"]\nheartbeat_interval = 1\n'
+    config_path = ctx.queuectl_config(server, "debian-worker", log_level="warning", worker=queue)
+    env = {**ctx.queuectl_env(config_path), "PYTHONPATH": str(ROOT)}
+    argv = [DEBIAN_PYTHON, "-c", ENTRY.format(module="worker"), "--instance", "debian"]
+    worker = ctx.processes.start(argv, log=ctx.folder / "debian-worker.log", env=env)
+    try:
+        config, store = open_store(config_path)
+        try:
+            for done in range(1, 4):
+                store.enqueue([validate({"command": ["true"], "queue": "rss-probe"}, config.jobs)])
+                wait_until(
+                    lambda: store.counts()["states"]["completed"],
+                    lambda completed, done=done: completed >= done,
+                    timeout_s=30,
+                    description="a job on the worker of Debian's stack",
+                )
+        finally:
+            store.close()
+        time.sleep(1.5)
+        return memory_kib(worker.pid).get("VmRSS", 0)
+    finally:
+        ctx.processes.stop(worker)
 
 
 def fill_pending(config_path: Path, stored: int) -> tuple[float, float]:

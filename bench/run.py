@@ -15,6 +15,7 @@ timing is checked against its target by the exit code.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -126,6 +127,17 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown section {', '.join(sorted(unknown))}; choose from {SECTIONS}")
     return args
+
+
+def compile_queuectld() -> None:
+    """Byte-compile queuectld, as an installed package is.
+
+    Without it, a process started with ``PYTHONDONTWRITEBYTECODE`` set would
+    compile every module it imports from source, which no installed copy does.
+    """
+    package = Path(__file__).resolve().parent.parent / "queuectld"
+    if not compileall.compile_dir(package, quiet=1):
+        raise BenchError(f"byte-compiling {package} failed")
 
 
 def build_stamp(folder: Path) -> Path:
@@ -412,6 +424,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         ctx = Context(folder, args.peers_python.absolute(), build_stamp(folder))
         try:
+            compile_queuectld()
             machine = machine_info(ctx)
             profile = run_sections(ctx, plan, sections, results)
         finally:

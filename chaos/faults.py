@@ -99,6 +99,15 @@ def expected_length_s(settings: Settings, plan: Plan) -> float:
     return sum(gap + lengths[kind] for gap, kind in plan)
 
 
+def held_text(jobs: list[str]) -> str:
+    """Describe the jobs a worker held, for a fault's note."""
+    if not jobs:
+        return "no job"
+    if len(jobs) <= 3:
+        return ", ".join(jobs)
+    return f"{jobs[0]} and {len(jobs) - 1} more jobs"
+
+
 def explains_loss(fault: Fault, instance: str, started_ms: int, ended_ms: int) -> bool:
     """Return True if ``fault`` can explain an attempt of worker ``instance`` ending lost.
 
@@ -194,14 +203,14 @@ class Injector:
         with self._lock:
             self.problems.append(text)
 
-    def _held(self) -> dict[str, str]:
-        """Return instance -> job id of every worker of this host holding a job."""
+    def _held(self) -> dict[str, list[str]]:
+        """Return instance -> ids of the jobs held by each worker of this host holding any."""
         held = self._read(lambda client: client.hgetall(self.cluster.keys.held), {})
         found = {}
         for name, entry in held.items():
             host, _, instance = name.rpartition(":")
             if host == self.host:
-                found[instance] = entry.partition(" ")[0]
+                found[instance] = entry.split()[0::2]
         return found
 
     def _running(self) -> list[str]:
@@ -219,10 +228,11 @@ class Injector:
             for name, process in self.cluster.workers.items()
             if process.poll() is None and process.pid not in self.cluster.stopped
         ]
-        held = {name: job for name, job in self._held().items() if name in live}
+        held = {name: jobs for name, jobs in self._held().items() if name in live}
         busy = list(held)
         if prefer_long:
-            busy = [name for name, job in held.items() if job.endswith("-long")] or busy
+            long_ones = [n for n, jobs in held.items() if any(j.endswith("-long") for j in jobs)]
+            busy = long_ones or busy
         return self.rng.choice(busy or live)
 
     # --- worker faults -------------------------------------------------------
@@ -235,8 +245,8 @@ class Injector:
         # Freeze it first, so it cannot start a job between the look and the kill.
         send(process.pid, signal.SIGSTOP)
         time.sleep(0.05)
-        job = self._held().get(instance)
-        fault.affected = [job] if job else []
+        jobs = self._held().get(instance, [])
+        fault.affected = jobs
         leftovers = descendants(process.pid)
 
         self._mark(fault)
@@ -254,7 +264,7 @@ class Injector:
         time.sleep(delay)
         fresh = self.cluster.start_worker(instance)
         fault.note = (
-            f"held {job or 'no job'}; {killed} job process groups killed with it; "
+            f"held {held_text(jobs)}; {killed} job process groups killed with it; "
             f"restarted after {delay:.1f} s as pid {fresh.pid}"
         )
 
@@ -268,20 +278,20 @@ class Injector:
         send(process.pid, signal.SIGSTOP)
         self.cluster.stopped.add(process.pid)
         time.sleep(0.05)
-        job = self._held().get(instance)
-        fault.affected = [job] if job else []
+        jobs = self._held().get(instance, [])
+        fault.affected = jobs
         time.sleep(hold)
         send(process.pid, signal.SIGCONT)
         self.cluster.stopped.discard(process.pid)
-        fault.note = f"held {job or 'no job'}; stopped for {hold:.1f} s"
+        fault.note = f"held {held_text(jobs)}; stopped for {hold:.1f} s"
 
     def _term_worker(self, fault: Fault) -> None:
         instance = self._pick_worker(prefer_long=True)
         process = self.cluster.workers[instance]
         fault.target = f"worker {instance} (pid {process.pid})"
         fault.worker = instance
-        job = self._held().get(instance)
-        fault.affected = [job] if job else []
+        jobs = self._held().get(instance, [])
+        fault.affected = jobs
 
         # systemd waits TimeoutStopSec= for a graceful stop; here a bound well above it.
         limit = self.settings.stop_timeout_s + self.settings.kill_grace_s + 10.0
@@ -308,7 +318,7 @@ class Injector:
         time.sleep(delay)
         fresh = self.cluster.start_worker(instance)
         fault.note = (
-            f"held {job or 'no job'}; exited {code} after {stopped_s:.1f} s; "
+            f"held {held_text(jobs)}; exited {code} after {stopped_s:.1f} s; "
             f"restarted after {delay:.1f} s as pid {fresh.pid}"
         )
 

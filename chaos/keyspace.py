@@ -4,7 +4,7 @@ A snapshot reads every per-state set, every queue, the jobs hash and the
 ``held`` hash in one MULTI/EXEC transaction, so it is one consistent view
 even while daemons run.  In it, each job id must be in exactly one place
 (one state set or one queue), that place must agree with the record's
-``state``, and every ``held`` entry must name a running job and its lease.
+``state``, and every ``held`` pair must name a running job and its lease.
 """
 
 from __future__ import annotations
@@ -107,20 +107,24 @@ def _place_problems(snapshot: Snapshot) -> list[str]:
 
 
 def _held_problems(snapshot: Snapshot) -> list[str]:
-    """Check that every ``held`` entry names a running job, its lease and its worker."""
+    """Check that every ``held`` pair names a running job, its lease and its worker."""
     problems = []
     for worker, entry in sorted(snapshot.held.items()):
-        job_id, _, lease = entry.partition(" ")
-        record = snapshot.records.get(job_id, {})
-        if record.get("state") != "processing" or str(record.get("lease")) != lease:
-            problems.append(
-                f"held entry {worker} -> {entry} names a job that is {record.get('state')} "
-                f"with lease {record.get('lease')}"
-            )
-        elif record.get("worker") != worker:
-            problems.append(
-                f"held entry {worker} -> {entry} but the job's worker is {record.get('worker')}"
-            )
+        words = entry.split()
+        for job_id, lease in zip(words[0::2], words[1::2], strict=False):
+            record = snapshot.records.get(job_id, {})
+            if record.get("state") != "processing" or str(record.get("lease")) != lease:
+                problems.append(
+                    f"held entry {worker} -> {job_id} {lease} names a job that is "
+                    f"{record.get('state')} with lease {record.get('lease')}"
+                )
+            elif record.get("worker") != worker:
+                problems.append(
+                    f"held entry {worker} -> {job_id} but the job's worker is "
+                    f"{record.get('worker')}"
+                )
+        if len(words) % 2:
+            problems.append(f"held entry {worker} -> {entry} is not pairs of id and lease")
     return problems
 
 

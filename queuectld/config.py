@@ -14,9 +14,9 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from .errors import ConfigError, NotFoundError
 
@@ -41,9 +41,15 @@ SHORT_KEYS = {
     "timeout": "jobs.timeout",
 }
 
+# A read-only empty mapping, which every config can share as a default.
+_EMPTY: Mapping[str, str] = MappingProxyType({})
 
-@dataclass(frozen=True)
-class RedisConfig:
+
+# The config classes are NamedTuples rather than frozen dataclasses because
+# they are much cheaper to create.  CPython 3.11 compiles each method that it
+# generates for a dataclass, and every queuectl program imports this module
+# when it starts.
+class RedisConfig(NamedTuple):
     url: str = "redis://localhost:6379/0"
     namespace: str = "queuectl"
     username: str | None = None
@@ -56,8 +62,7 @@ class RedisConfig:
     connect_timeout_s: float = 5.0
 
 
-@dataclass(frozen=True)
-class JobsConfig:
+class JobsConfig(NamedTuple):
     max_retries: int = 3
     timeout_s: float = 3600.0
     backoff_base: float = 2.0
@@ -67,12 +72,11 @@ class JobsConfig:
     retention_dead_s: float = 30 * DAY_S
     cwd: str = "/"
     path: str = DEFAULT_JOB_PATH
-    environment: Mapping[str, str] = field(default_factory=dict)
+    environment: Mapping[str, str] = _EMPTY
     history_limit: int = 20
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
+class WorkerConfig(NamedTuple):
     queues: tuple[str, ...] = ("default",)
     heartbeat_interval_s: float = 5.0
     lease_timeout_s: float = 30.0
@@ -82,40 +86,35 @@ class WorkerConfig:
     allow_root: bool = False
 
 
-@dataclass(frozen=True)
-class SchedulerConfig:
+class SchedulerConfig(NamedTuple):
     batch_size: int = 500
     lock_timeout_s: float = 10.0
 
 
-@dataclass(frozen=True)
-class ReaperConfig:
+class ReaperConfig(NamedTuple):
     batch_size: int = 500
 
 
-@dataclass(frozen=True)
-class SecurityConfig:
+class SecurityConfig(NamedTuple):
     allowed_commands: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class LogConfig:
+class LogConfig(NamedTuple):
     level: str = "info"
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """The effective config, and where each value came from."""
 
-    redis: RedisConfig = field(default_factory=RedisConfig)
-    jobs: JobsConfig = field(default_factory=JobsConfig)
-    worker: WorkerConfig = field(default_factory=WorkerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    reaper: ReaperConfig = field(default_factory=ReaperConfig)
-    security: SecurityConfig = field(default_factory=SecurityConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+    redis: RedisConfig = RedisConfig()
+    jobs: JobsConfig = JobsConfig()
+    worker: WorkerConfig = WorkerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    reaper: ReaperConfig = ReaperConfig()
+    security: SecurityConfig = SecurityConfig()
+    log: LogConfig = LogConfig()
     path: Path = DEFAULT_PATH
-    sources: Mapping[str, str] = field(default_factory=dict)
+    sources: Mapping[str, str] = _EMPTY
 
     def get(self, key: str) -> Any:
         """Return the value of a dotted key such as ``jobs.timeout``."""
@@ -215,8 +214,7 @@ def _environment(value: Any) -> Any:
     return dict(value)
 
 
-@dataclass(frozen=True)
-class KeySpec:
+class KeySpec(NamedTuple):
     key: str
     attribute: str
     check: Check

@@ -1,8 +1,9 @@
 """Connecting to Redis, and translating redis-py errors into queuectl's.
 
 Works with redis-py 4.3 (Debian 12) and current releases: only the
-``Redis.from_url`` keyword arguments and ``Retry``/``ExponentialBackoff``
-classes that both provide are used.
+``Redis.from_url`` keyword arguments and ``Retry``/``NoBackoff``
+classes that both provide are used, except ``driver_info``, which is passed
+only to redis-py versions that define ``redis.DriverInfo``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ def connect(settings: RedisConfig, *, block_s: float = 0.0) -> redis.Redis:
         "retry": Retry(NoBackoff(), 0),
         "health_check_interval": 0,
     }
+    if hasattr(redis, "DriverInfo"):
+        # redis-py 8.2 reads its own version from the installed package's
+        # metadata for each new connection, to send it with CLIENT SETINFO.
+        # That search of sys.path takes milliseconds, and redis.__version__
+        # is the same string.
+        options["driver_info"] = redis.DriverInfo(lib_version=redis.__version__)
     if settings.username:
         options["username"] = settings.username
     secret = password(settings)

@@ -17,9 +17,11 @@ import re
 import shlex
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from json.encoder import encode_basestring_ascii
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from .config import JobsConfig
 from .errors import JobSpecError
@@ -47,22 +49,41 @@ MAX_ARGUMENTS = 4096
 # The kernel's limit for one argument or environment string (MAX_ARG_STRLEN).
 MAX_COMMAND_BYTES = 131072
 MAX_ENV_BYTES = 131072
+SPEC_FIELD_SET = frozenset(SPEC_FIELDS)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_NO_ENV: Mapping[str, str] = MappingProxyType({})
+# Maps each byte to the base32 digit of its low 5 bits.  Every digit gets 8
+# of the 256 byte values, so random bytes give uniformly random digits.
+_BYTE_TO_DIGIT = bytes.maketrans(bytes(range(256)), _CROCKFORD.encode("ascii") * 8)
+# The milliseconds and the 10 timestamp digits of the last generated id.
+_last_time_part = (-1, "")
 
 
 def new_id() -> str:
-    """Return a fresh 26-character id that sorts by creation time (a ULID)."""
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    """Return a fresh 26-character id that sorts by creation time (a ULID).
+
+    The first 10 digits are the milliseconds since the epoch (48 bits), and
+    the last 16 digits are 80 random bits from ``os.urandom``.
+    """
+    global _last_time_part
+    now_ms = time.time_ns() // 1_000_000
+    if _last_time_part[0] != now_ms:
+        digits = []
+        value = now_ms
+        for _ in range(10):
+            digits.append(_CROCKFORD[value & 31])
+            value >>= 5
+        _last_time_part = (now_ms, "".join(reversed(digits)))
+    return _last_time_part[1] + os.urandom(16).translate(_BYTE_TO_DIGIT).decode("ascii")
 
 
-@dataclass(frozen=True)
-class Spec:
-    """A validated job spec, ready to be stored."""
+class Spec(NamedTuple):
+    """A validated job spec, ready to be stored.
+
+    A NamedTuple rather than a frozen dataclass, because creating a frozen
+    dataclass of these fields took about twice as long on CPython 3.11
+    (timeit), and a bulk enqueue creates one per line.
+    """
 
     id: str
     command: tuple[str, ...]
@@ -70,26 +91,33 @@ class Spec:
     priority: int
     max_retries: int
     timeout_s: float
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = _NO_ENV
     cwd: str | None = None
     run_at_ms: int | None = None
     delay_ms: int | None = None
+    # True when new_id made the id, so no stored job can have it yet.
+    id_generated: bool = False
 
     def record_json(self) -> str:
-        """Return the initial record; the enqueue script adds state and times."""
-        record: dict[str, Any] = {
-            "id": self.id,
-            "command": list(self.command),
-            "queue": self.queue,
-            "priority": self.priority,
-            "max_retries": self.max_retries,
-            "timeout": self.timeout_s,
-        }
+        """Return the initial record as JSON, without the fields the enqueue script adds.
+
+        Built from pieces, with the text that ``json.dumps(record,
+        separators=(",", ":"))`` returns.  ``json.dumps`` sets up a new encoder
+        on every call, which made it take about 2.5 times as long per record
+        (CPython 3.11, timeit).
+        """
+        quote = encode_basestring_ascii
+        text = (
+            f'{{"id":{quote(self.id)},"command":[{",".join(map(quote, self.command))}],'
+            f'"queue":{quote(self.queue)},"priority":{self.priority:d},'
+            f'"max_retries":{self.max_retries:d},"timeout":{self.timeout_s!r}'
+        )
         if self.env:
-            record["env"] = dict(self.env)
+            pairs = ",".join(f"{quote(name)}:{quote(value)}" for name, value in self.env.items())
+            text += ',"env":{' + pairs + "}"
         if self.cwd is not None:
-            record["cwd"] = self.cwd
-        return json.dumps(record, separators=(",", ":"))
+            text += ',"cwd":' + quote(self.cwd)
+        return text + "}"
 
     def due(self) -> str:
         """Return the due argument of the enqueue script."""
@@ -100,28 +128,54 @@ class Spec:
         return ""
 
 
+class _RepeatedField(Exception):
+    """A key that appears twice in one JSON object."""
+
+
+class _InvalidConstant(Exception):
+    """NaN, Infinity or -Infinity, which JSON does not allow."""
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedField(key)
+            seen.add(key)
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise _InvalidConstant(name)
+
+
+# One decoder for every spec, because ``json.loads`` with hooks builds one per call.
+_SPEC_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_object)
+
+
 def parse_json_spec(text: str, *, line: int | None = None) -> dict[str, Any]:
     """Parse one JSON object; reject duplicate keys, NaN and Infinity."""
-
-    def reject_constant(name: str) -> Any:
-        raise JobSpecError("json", f"{name} is not valid JSON; use a finite number", line=line)
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in result:
-                raise JobSpecError(key, "appears twice; give each field once", line=line)
-            result[key] = value
-        return result
-
     try:
-        value = json.loads(text, parse_constant=reject_constant, object_pairs_hook=no_duplicates)
+        if text.startswith("\ufeff"):
+            # json.loads rejects a byte order mark with this message too.
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _SPEC_DECODER.decode(text)
     except json.JSONDecodeError as error:
         raise JobSpecError(
             "json",
             f"malformed JSON at column {error.colno}: {error.msg}; "
             'a spec looks like {"command": ["echo", "hi"]}',
             line=line,
+        ) from None
+    except _RepeatedField as error:
+        raise JobSpecError(
+            str(error.args[0]), "appears twice; give each field once", line=line
+        ) from None
+    except _InvalidConstant as error:
+        raise JobSpecError(
+            "json", f"{error.args[0]} is not valid JSON; use a finite number", line=line
         ) from None
     except RecursionError:
         raise JobSpecError(
@@ -134,8 +188,8 @@ def parse_json_spec(text: str, *, line: int | None = None) -> dict[str, Any]:
 
 def validate(raw: Mapping[str, Any], defaults: JobsConfig, *, line: int | None = None) -> Spec:
     """Check every field of a spec and resolve defaults; raise ``JobSpecError``."""
-    unknown = sorted(set(raw) - set(SPEC_FIELDS))
-    if unknown:
+    if not raw.keys() <= SPEC_FIELD_SET:
+        unknown = sorted(raw.keys() - SPEC_FIELD_SET)
         raise JobSpecError(
             unknown[0], f"unknown field; allowed fields: {', '.join(SPEC_FIELDS)}", line=line
         )
@@ -144,34 +198,42 @@ def validate(raw: Mapping[str, Any], defaults: JobsConfig, *, line: int | None =
     if "run_at" in raw and "delay" in raw:
         raise JobSpecError("run_at", "give either run_at or delay, not both", line=line)
 
-    def check(name: str, checker: Any, *args: Any) -> Any:
-        try:
-            return checker(raw[name], *args)
-        except ValueError as error:
-            raise JobSpecError(name, str(error), line=line) from None
-
+    id_generated = "id" not in raw
     return Spec(
-        id=check("id", _job_id) if "id" in raw else new_id(),
-        command=check("command", _command),
-        queue=check("queue", _queue_name) if "queue" in raw else "default",
-        priority=check("priority", _integer, *PRIORITY_RANGE) if "priority" in raw else 0,
+        id=new_id() if id_generated else _check(raw, "id", line, _job_id),
+        command=_check(raw, "command", line, _command),
+        queue=_check(raw, "queue", line, _queue_name) if "queue" in raw else "default",
+        priority=(
+            _check(raw, "priority", line, _integer, *PRIORITY_RANGE) if "priority" in raw else 0
+        ),
         max_retries=(
-            check("max_retries", _integer, 0, MAX_RETRIES)
+            _check(raw, "max_retries", line, _integer, 0, MAX_RETRIES)
             if "max_retries" in raw
             else defaults.max_retries
         ),
-        timeout_s=check("timeout", _timeout) if "timeout" in raw else defaults.timeout_s,
-        env=check("env", _environment) if "env" in raw else {},
-        cwd=check("cwd", _cwd) if "cwd" in raw else None,
-        run_at_ms=check("run_at", _run_at) if "run_at" in raw else None,
-        delay_ms=check("delay", _delay) if "delay" in raw else None,
+        timeout_s=(
+            _check(raw, "timeout", line, _timeout) if "timeout" in raw else defaults.timeout_s
+        ),
+        env=_check(raw, "env", line, _environment) if "env" in raw else {},
+        cwd=_check(raw, "cwd", line, _cwd) if "cwd" in raw else None,
+        run_at_ms=_check(raw, "run_at", line, _run_at) if "run_at" in raw else None,
+        delay_ms=_check(raw, "delay", line, _delay) if "delay" in raw else None,
+        id_generated=id_generated,
     )
+
+
+def _check(raw: Mapping[str, Any], name: str, line: int | None, checker: Any, *args: Any) -> Any:
+    """Return ``checker(raw[name], *args)``, with its ValueError raised as ``JobSpecError``."""
+    try:
+        return checker(raw[name], *args)
+    except ValueError as error:
+        raise JobSpecError(name, str(error), line=line) from None
 
 
 def _job_id(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, not {_type_name(value)}")
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise ValueError(
             f"{_shown(value)} is not a valid id; use 1 to 128 characters of A-Z a-z 0-9 . _ : -"
         )
@@ -181,7 +243,7 @@ def _job_id(value: Any) -> str:
 def _queue_name(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, not {_type_name(value)}")
-    if not QUEUE_PATTERN.match(value):
+    if not QUEUE_PATTERN.fullmatch(value):
         raise ValueError(
             f"{_shown(value)} is not a valid queue name; use 1 to 64 characters "
             "of A-Z a-z 0-9 . _ : -"
@@ -270,7 +332,7 @@ def _environment(value: Any) -> dict[str, str]:
         raise ValueError(f"must be an object of strings, not {_type_name(value)}")
     size = 0
     for name, item in value.items():
-        if not ENV_NAME_PATTERN.match(name):
+        if not ENV_NAME_PATTERN.fullmatch(name):
             raise ValueError(f"{_shown(name)} is not a valid variable name")
         if not isinstance(item, str):
             raise ValueError(f"{name} must be a string, not {_type_name(item)}")

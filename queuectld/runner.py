@@ -12,13 +12,14 @@ running in its group is killed too.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import math
 import os
 import select
 import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ STRAGGLER_REAP_S = 0.1
 _PR_SET_CHILD_SUBREAPER = 36
 # Data, EOF (POLLHUP) or an error all mean: read now, it will not block.
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+# A directory descriptor that needs no read permission on the directory.
+_DIRECTORY_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+# Python ignores these; a job's process starts with their default action.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class SpawnError(Exception):
@@ -96,31 +101,127 @@ def reap_orphans(wait_s: float = 0.0) -> None:
             time.sleep(0.001)
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> subprocess.Popen[bytes]:
-    """Start ``argv``; raise ``SpawnError`` naming the cause if it cannot start."""
+def keep_fds_from_jobs() -> None:
+    """Mark every inherited descriptor above stderr close-on-exec.
+
+    Descriptors Python opens are close-on-exec already, so after this call a
+    job's process starts with only its stdin, stdout and stderr.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        # The listing's own descriptor is closed by now, hence the suppress.
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+
+
+@dataclass
+class Child:
+    """A started command: its pid and the read ends of its output pipes."""
+
+    pid: int
+    stdout: int
+    stderr: int
+
+    def wait(self) -> int:
+        """Wait for the exit; return the code, or minus the signal number."""
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    def exited(self) -> bool:
+        """Return whether the process has exited, leaving it to ``wait``."""
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        return os.waitid(os.P_PID, self.pid, flags) is not None
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> Child:
+    """Start ``argv`` in ``cwd``; raise ``SpawnError`` naming the cause if it cannot start.
+
+    ``posix_spawn`` costs the worker about half the CPU time of
+    ``subprocess.Popen``.  It cannot change directory in the child, so the
+    worker enters ``cwd`` for the call and returns to its own directory.
+    """
+    home = os.open(".", _DIRECTORY_FLAGS)
     try:
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
-            close_fds=True,
-        )
-    except FileNotFoundError as error:
-        if error.filename == cwd or not os.path.isdir(cwd):
-            raise SpawnError(f"working directory not found: {cwd}") from None
-        raise SpawnError(f"command not found: {argv[0]}") from None
+        _enter(cwd)
+        program = _executable(argv[0], env.get("PATH", os.defpath))
+        return _start(program, argv, env)
+    finally:
+        os.fchdir(home)
+        os.close(home)
+
+
+def _enter(cwd: str) -> None:
+    try:
+        os.chdir(cwd)
+    except FileNotFoundError:
+        raise SpawnError(f"working directory not found: {cwd}") from None
     except NotADirectoryError:
         raise SpawnError(f"working directory is not a directory: {cwd}") from None
-    except PermissionError as error:
-        if error.filename == cwd:
-            raise SpawnError(f"working directory not accessible: {cwd}") from None
-        raise SpawnError(f"command not executable: {argv[0]}") from None
+    except PermissionError:
+        raise SpawnError(f"working directory not accessible: {cwd}") from None
     except OSError as error:
+        raise SpawnError(f"cannot enter working directory {cwd}: {error.strerror}") from None
+
+
+def _executable(program: str, path: str) -> str:
+    """Find ``program`` the way ``execvp`` would, searching ``path``."""
+    if "/" in program:
+        return program
+    for folder in path.split(os.pathsep):
+        candidate = os.path.join(folder or ".", program)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    for folder in path.split(os.pathsep):
+        if os.path.isfile(os.path.join(folder or ".", program)):
+            raise SpawnError(f"command not executable: {program}")
+    raise SpawnError(f"command not found: {program}")
+
+
+def _start(program: str, argv: Sequence[str], env: Mapping[str, str]) -> Child:
+    out_read, out_write = _pipe()
+    err_read, err_write = _pipe()
+    try:
+        pid = os.posix_spawn(
+            program,
+            list(argv),
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out_write, 1),
+                (os.POSIX_SPAWN_DUP2, err_write, 2),
+            ],
+            setsid=True,
+            setsigmask=(),
+            setsigdef=_RESET_SIGNALS,
+        )
+    except OSError as error:
+        os.close(out_read)
+        os.close(err_read)
+        if error.errno == errno.ENOENT:
+            raise SpawnError(f"command not found: {argv[0]}") from None
+        if error.errno == errno.EACCES:
+            raise SpawnError(f"command not executable: {argv[0]}") from None
         raise SpawnError(f"cannot run {argv[0]}: {error.strerror}") from None
+    finally:
+        os.close(out_write)
+        os.close(err_write)
+    return Child(pid, out_read, err_read)
+
+
+def _pipe() -> tuple[int, int]:
+    """Return a close-on-exec pipe whose ends are above stderr.
+
+    Were an end 1 or 2 (the worker started with those closed), duplicating
+    it onto the child's stdout or stderr would keep its close-on-exec flag.
+    """
+    ends = os.pipe()
+    if min(ends) > 2:
+        return ends
+    moved = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in ends)
+    for fd in ends:
+        os.close(fd)
+    return moved[0], moved[1]
 
 
 @dataclass
@@ -141,18 +242,17 @@ class Running:
     when a read cannot block.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes], limit: int, wakeup_fd: int | None) -> None:
-        self.process = process
+    def __init__(self, child: Child, limit: int, wakeup_fd: int | None) -> None:
+        self.child = child
         self.started = time.monotonic()
         self.stdout = Tail(limit)
         self.stderr = Tail(limit)
         self.exit: Exit | None = None
-        assert process.stdout is not None and process.stderr is not None
-        self._tails = {process.stdout.fileno(): self.stdout, process.stderr.fileno(): self.stderr}
+        self._tails = {child.stdout: self.stdout, child.stderr: self.stderr}
         self._poll = select.poll()
         for fd in self._tails:
             self._poll.register(fd, _READABLE)
-        self._pidfd = _pidfd_open(process.pid)
+        self._pidfd = _pidfd_open(child.pid)
         if self._pidfd is not None:
             self._poll.register(self._pidfd, _READABLE)
         self._wakeup_fd = wakeup_fd
@@ -180,7 +280,7 @@ class Running:
                     interrupted = True
                 else:
                     self._read(fd)
-            if exited or (self._pidfd is None and self.process.poll() is not None):
+            if exited or (self._pidfd is None and self.child.exited()):
                 self._on_exit()
             if interrupted or time.monotonic() >= until:
                 break
@@ -198,7 +298,7 @@ class Running:
         # The main process is a zombie until waited for, so its pid, which
         # is also the group id, cannot be reused before the group is killed.
         stragglers = self.signal_group(signal.SIGKILL)
-        returncode = self.process.wait()
+        returncode = self.child.wait()
         duration = time.monotonic() - self.started
         if stragglers:
             # Processes the job left in its group now die as our adopted children.
@@ -228,14 +328,13 @@ class Running:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
+        for fd in (self.child.stdout, self.child.stderr):
+            os.close(fd)
 
     def signal_group(self, signum: int) -> bool:
         """Signal the job's process group; return False if no member was left."""
         try:
-            os.killpg(self.process.pid, signum)
+            os.killpg(self.child.pid, signum)
         except (ProcessLookupError, PermissionError):
             return False
         return True

@@ -35,10 +35,14 @@ from .connection import close, connect, translated
 from .errors import ConflictError, NotFoundError
 from .jobs import Claimed, Spec
 from .keys import FINAL_STATES, JOB_STATES, Keys
-from .scripts import Scripts
+from .scripts import DirectCall, Scripts, pack
 
 # Jobs per enqueue script call; a bigger batch blocks Redis longer per call.
 ENQUEUE_BATCH = 1000
+# Enqueue script calls sent before reading the reply of the first, when no
+# call can be rejected.  Redis then runs one batch while this process packs
+# the next.
+ENQUEUE_CALLS_IN_FLIGHT = 2
 Result = TypeVar("Result")
 
 
@@ -67,10 +71,23 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Claim:
-    """The reply of a claim: the job (or ``None``) and unreadable ids skipped."""
+    """The reply of a claim: the jobs claimed, in order, and unreadable ids skipped."""
 
-    job: Claimed | None
+    jobs: tuple[Claimed, ...] = ()
     skipped: tuple[str, ...] = ()
+
+    @property
+    def job(self) -> Claimed | None:
+        return self.jobs[0] if self.jobs else None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """An attempt's outcome to record, and how long after its claim it started."""
+
+    job: Claimed
+    outcome: Outcome
+    started_after_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,7 @@ class WorkerKeys:
 
     claim: list[str]
     pairs: list[str] = field(default_factory=list)
+    queues: tuple[str, ...] = ()
 
 
 class Store:
@@ -111,8 +129,18 @@ class Store:
         self.keys = Keys(config.redis.namespace)
         self.client = connect(config.redis, block_s=block_s)
         self.scripts = Scripts.register(self.client)
+        self._finish: DirectCall | None = None
+        # The connection of pipelined enqueue calls, made on first use.
+        self._side: Any = None
+        self._packed_keys: dict[
+            tuple[tuple[str, ...], tuple[str, ...]], tuple[int, bytes, dict[str, int]]
+        ] = {}
 
     def close(self) -> None:
+        if self._finish is not None:
+            self._finish.close()
+        if self._side is not None:
+            self._side.disconnect()
         close(self.client)
 
     # --- enqueue -------------------------------------------------------------
@@ -122,52 +150,94 @@ class Store:
         """Store new jobs.  Without ``if_absent`` an id in use raises ``ConflictError``.
 
         All jobs of one queue within one batch of ``ENQUEUE_BATCH`` are
-        stored by one script call, all or none.  Jobs that need several
-        calls (several queues or batches) are checked for ids in use before
-        the first call writes.  An id that another client takes between that
-        check and the write still fails only the later calls.
+        stored by one script call, all or none.  When the jobs need several
+        calls (several queues or batches), the ids that the caller chose are
+        checked for use before the first call writes.  Ids made by
+        ``new_id`` skip that check, because no stored job can have one.
+        An id that another client takes between the check and the write
+        still fails only the later calls.
         """
         by_queue: dict[str, list[Spec]] = {}
         for spec in specs:
             by_queue.setdefault(spec.queue, []).append(spec)
-        if not if_absent and (len(by_queue) > 1 or len(specs) > ENQUEUE_BATCH):
-            self._check_ids_free([spec.id for spec in specs])
+        batches = [
+            (queue, queue_specs[start : start + ENQUEUE_BATCH])
+            for queue, queue_specs in by_queue.items()
+            for start in range(0, len(queue_specs), ENQUEUE_BATCH)
+        ]
+        chosen_ids = [spec.id for spec in specs if not spec.id_generated]
+        if len(batches) > 1 and chosen_ids and not if_absent:
+            self._check_ids_free(chosen_ids)
+        if len(batches) > 1 and (if_absent or not chosen_ids):
+            replies = self._enqueue_in_flight(batches, if_absent)
+        else:
+            replies = [self._enqueue_batch(queue, batch, if_absent) for queue, batch in batches]
         created = 0
         existing: list[str] = []
-        for queue, queue_specs in by_queue.items():
-            for start in range(0, len(queue_specs), ENQUEUE_BATCH):
-                batch = queue_specs[start : start + ENQUEUE_BATCH]
-                reply = self._enqueue_batch(queue, batch, if_absent)
-                created += int(reply[1])
-                existing.extend(_text(item) for item in reply[2:])
+        for reply in replies:
+            created += int(reply[1])
+            existing.extend(_text(item) for item in reply[2:])
         return EnqueueResult(created, tuple(existing))
 
     def _enqueue_batch(self, queue: str, specs: Sequence[Spec], if_absent: bool) -> list[Any]:
+        keys, args = self._enqueue_arguments(queue, specs, if_absent)
+        return _enqueue_reply(self.scripts.enqueue(keys=keys, args=args))
+
+    def _enqueue_in_flight(
+        self, batches: Sequence[tuple[str, Sequence[Spec]]], if_absent: bool
+    ) -> list[list[Any]]:
+        """Run the enqueue script on each batch, ``ENQUEUE_CALLS_IN_FLIGHT`` calls at a time.
+
+        Only for batches that no call can reject, because a rejected call
+        does not stop the calls already sent.  The first call goes through
+        redis-py's ``Script``, which loads the script if Redis lacks it.
+        The others are sent as ``EVALSHA`` on a connection of their own,
+        packed by ``scripts.pack``, which took less than half the CPU time of
+        redis-py 8.2's packing for a call of 1,000 jobs.
+        """
+        (first_queue, first_specs), *rest = batches
+        replies = [self._enqueue_batch(first_queue, first_specs, if_absent)]
+        sha = self.scripts.enqueue.sha
+        if self._side is None:
+            self._side = self.client.connection_pool.make_connection()
+        connection = self._side
+        try:
+            in_flight = 0
+            for queue, specs in rest:
+                keys, args = self._enqueue_arguments(queue, specs, if_absent)
+                parts = ["EVALSHA", sha, len(keys), *keys, *args]
+                connection.send_packed_command([b"*%d\r\n" % len(parts) + pack(parts)])
+                in_flight += 1
+                if in_flight == ENQUEUE_CALLS_IN_FLIGHT:
+                    replies.append(_enqueue_reply(connection.read_response()))
+                    in_flight -= 1
+            for _ in range(in_flight):
+                replies.append(_enqueue_reply(connection.read_response()))
+        except BaseException:
+            # Replies of calls still in flight are unread: start afresh next time.
+            connection.disconnect()
+            raise
+        return replies
+
+    def _enqueue_arguments(
+        self, queue: str, specs: Sequence[Spec], if_absent: bool
+    ) -> tuple[list[str], list[Any]]:
+        """Return the keys and arguments of one enqueue script call."""
         k = self.keys
+        keys = [k.jobs, k.seq, k.queues, k.scheduled, k.queue(queue), k.notify(queue)]
         args: list[Any] = [queue, "1" if if_absent else "0", k.wake]
         for spec in specs:
-            args += [spec.id, spec.record_json(), spec.due()]
-        reply = self.scripts.enqueue(
-            keys=[k.jobs, k.seq, k.queues, k.scheduled, k.queue(queue), k.notify(queue)],
-            args=args,
-        )
-        if _text(reply[0]) == "conflict":
-            raise ConflictError(
-                f"job id {_text(reply[1])!r} is already in use; choose another id, "
-                "or pass --if-absent to keep the existing job"
-            )
-        return cast(list[Any], reply)
+            args += [spec.id, spec.priority, spec.due(), spec.record_json()]
+        return keys, args
 
     def _check_ids_free(self, ids: Sequence[str]) -> None:
         pipe = self.client.pipeline(transaction=False)
-        for id_ in ids:
-            pipe.hexists(self.keys.jobs, id_)
-        for id_, exists in zip(ids, pipe.execute(), strict=True):
-            if exists:
-                raise ConflictError(
-                    f"job id {id_!r} is already in use; choose another id, "
-                    "or pass --if-absent to keep the existing job"
-                )
+        for start in range(0, len(ids), ENQUEUE_BATCH):
+            pipe.hmget(self.keys.jobs, ids[start : start + ENQUEUE_BATCH])
+        records = [record for reply in pipe.execute() for record in reply]
+        for id_, record in zip(ids, records, strict=True):
+            if record is not None:
+                raise _id_in_use(id_)
 
     # --- worker transitions --------------------------------------------------
 
@@ -176,15 +246,18 @@ class Store:
         pairs: list[str] = []
         for queue in queues:
             pairs += [k.queue(queue), k.notify(queue)]
-        return WorkerKeys(claim=[k.jobs, k.processing, k.seq, k.held, k.dead, *pairs], pairs=pairs)
+        return WorkerKeys(
+            claim=[k.jobs, k.processing, k.seq, k.held, k.dead, *pairs],
+            pairs=pairs,
+            queues=tuple(queues),
+        )
 
     @_translate
-    def claim(self, worker: str, keys: WorkerKeys, lease_ms: int) -> Claim:
-        """Claim the best pending job of the worker's queues, or return no job."""
-        reply = self.scripts.claim(keys=keys.claim, args=[worker, lease_ms])
+    def claim(self, worker: str, keys: WorkerKeys, lease_ms: int, count: int = 1) -> Claim:
+        """Claim up to ``count`` of the best pending jobs of the worker's queues."""
+        reply = self.scripts.claim(keys=keys.claim, args=[worker, lease_ms, count])
         return _claim_reply(reply)
 
-    @_translate
     def finish(
         self,
         job: Claimed,
@@ -195,33 +268,47 @@ class Store:
         claim_next: WorkerKeys | None = None,
         lease_ms: int = 0,
     ) -> Finish:
-        """Record an attempt's outcome while the lease holds; optionally claim again.
+        """Record one attempt's outcome while its lease holds; optionally claim one job.
 
         Returns status ``lost`` (and writes nothing about the job) when the
         lease was taken away.
         """
-        k = self.keys
-        output = ""
-        if outcome.stdout is not None or outcome.stderr is not None:
-            output = json.dumps({"stdout": outcome.stdout or "", "stderr": outcome.stderr or ""})
-        keys = [
-            k.jobs,
-            k.output,
-            k.processing,
-            k.completed,
-            k.failed,
-            k.dead,
-            k.cancelled,
-            k.held,
-            k.seq,
-            k.queue(job.queue),
-            k.notify(job.queue),
-        ]
-        if claim_next is not None:
-            keys += claim_next.pairs
-        reply = self.scripts.finish(
-            keys=keys,
-            args=[
+        results, following = self.finish_many(
+            [Attempt(job, outcome)],
+            worker=worker,
+            history_limit=history_limit,
+            claim_next=claim_next,
+            claim_count=1 if claim_next is not None else 0,
+            lease_ms=lease_ms,
+        )
+        return Finish(*results[0], following)
+
+    @_translate
+    def finish_many(
+        self,
+        attempts: Sequence[Attempt],
+        *,
+        worker: str,
+        history_limit: int,
+        claim_next: WorkerKeys | None = None,
+        claim_count: int = 0,
+        lease_ms: int = 0,
+    ) -> tuple[list[tuple[str, str | None]], Claim | None]:
+        """Record outcomes, then claim up to ``claim_count`` jobs, in one call.
+
+        Returns ``(status, new state)`` per attempt, as ``finish`` does, and
+        the claim (``None`` when nothing was to be claimed).
+        """
+        claim_count = claim_count if claim_next is not None else 0
+        claim_queues = claim_next.queues if claim_next is not None else ()
+        key_count, keys, pair_of = self._finish_keys(
+            claim_queues, tuple(attempt.job.queue for attempt in attempts)
+        )
+        args: list[bytes | str | int] = [worker, history_limit, claim_count, lease_ms]
+        args.append(len(claim_queues))
+        for attempt in attempts:
+            job, outcome = attempt.job, attempt.outcome
+            args += [
                 job.id,
                 job.lease,
                 outcome.kind,
@@ -229,17 +316,55 @@ class Store:
                 "" if outcome.signal is None else outcome.signal,
                 outcome.duration_ms,
                 outcome.error,
-                output,
+                _output_json(outcome),
                 outcome.retry_delay_ms,
-                history_limit,
-                worker,
-                "1" if claim_next is not None else "0",
-                lease_ms,
-            ],
-        )
-        state = _text(reply[1]) if reply[1] is not None else None
-        following = _claim_reply(reply[2:]) if claim_next is not None else None
-        return Finish(_text(reply[0]), state, following)
+                pair_of[job.queue],
+                attempt.started_after_ms,
+            ]
+        reply = self._finish_call()(key_count, keys, args)
+        count = len(attempts)
+        results = [
+            (_text(reply[2 * i]), _text(reply[2 * i + 1]) if reply[2 * i + 1] else None)
+            for i in range(count)
+        ]
+        following = _claim_reply(reply[2 * count :]) if claim_count > 0 else None
+        return results, following
+
+    def _finish_call(self) -> DirectCall:
+        if self._finish is None:
+            self._finish = DirectCall(self.client, "finish")
+        return self._finish
+
+    def _finish_keys(
+        self, claim_queues: tuple[str, ...], job_queues: tuple[str, ...]
+    ) -> tuple[int, bytes, dict[str, int]]:
+        """Return the finish script's keys, packed, and each queue's pair number.
+
+        The queues to claim from come first; queues of finished jobs that
+        are not among them follow.  The result is cached per combination.
+        """
+        cache_key = (claim_queues, job_queues)
+        packed = self._packed_keys.get(cache_key)
+        if packed is None:
+            k = self.keys
+            queues = list(claim_queues)
+            queues += [q for q in dict.fromkeys(job_queues) if q not in claim_queues]
+            keys = [
+                k.jobs,
+                k.output,
+                k.processing,
+                k.completed,
+                k.failed,
+                k.dead,
+                k.cancelled,
+                k.held,
+                k.seq,
+            ]
+            for queue in queues:
+                keys += [k.queue(queue), k.notify(queue)]
+            pair_of = {queue: number for number, queue in enumerate(queues, start=1)}
+            packed = self._packed_keys[cache_key] = (len(keys), pack(keys), pair_of)
+        return packed
 
     @_translate
     def heartbeat(self, job: Claimed, lease_ms: int) -> int:
@@ -250,25 +375,41 @@ class Store:
         )
 
     @_translate
-    def reclaim(self, worker: str, *, started: bool = True) -> tuple[str, str] | None:
-        """Put back the job that ``worker`` holds according to Redis.
+    def reclaim(self, worker: str, *, started: bool = True) -> list[tuple[str, str]]:
+        """Put back the jobs that ``worker`` holds according to Redis.
 
-        With ``started`` (a previous process of the worker died running it)
-        the attempt counts as lost.  Without it (the worker lost the reply of
-        the claim and never ran the job) the attempt is not counted.  Returns
-        ``(job id, new state)``, or ``None`` if the worker held nothing.
+        With ``started`` (a previous process of the worker died holding
+        them) each attempt counts as lost, unless its job was claimed in a
+        batch.  Without it (the worker lost the reply of a claim and never
+        ran those jobs) no attempt is counted.  Returns ``(job id, new
+        state)`` for each job put back.
         """
         held = self.client.hget(self.keys.held, worker)
-        if held is None:
-            return None
-        job_id, _, lease = _text(held).partition(" ")
-        record = self._record(job_id)
-        if record is None or not isinstance(record.get("queue"), str):
-            self.client.hdel(self.keys.held, worker)
-            return None
+        words = _text(held).split() if held is not None else []
+        pairs = list(zip(words[0::2], words[1::2], strict=False))
+        ids = [job_id for job_id, _ in pairs]
+        by_queue: dict[str, list[tuple[str, str]]] = {}
+        for (job_id, lease), record in zip(pairs, self._records(ids), strict=True):
+            if record is not None and isinstance(record.get("queue"), str):
+                by_queue.setdefault(record["queue"], []).append((job_id, lease))
         mode = "reclaim" if started else "release"
-        taken = self._requeue_lost(mode, str(record["queue"]), [(job_id, lease)])
-        return taken[0] if taken else None
+        taken: list[tuple[str, str]] = []
+        for queue, jobs in by_queue.items():
+            taken += self._requeue_lost(mode, queue, jobs)
+        # Entries whose job is gone or no longer holds that lease.
+        self.client.hdel(self.keys.held, worker)
+        return taken
+
+    @_translate
+    def release(self, jobs: Sequence[Claimed]) -> list[tuple[str, str]]:
+        """Hand back claimed jobs that were never started; their attempt does not count."""
+        by_queue: dict[str, list[tuple[str, str]]] = {}
+        for job in jobs:
+            by_queue.setdefault(job.queue, []).append((job.id, job.lease))
+        taken: list[tuple[str, str]] = []
+        for queue, pairs in by_queue.items():
+            taken += self._requeue_lost("release", queue, pairs)
+        return taken
 
     @_translate
     def wait_for_work(self, keys: WorkerKeys, timeout_s: float) -> None:
@@ -566,12 +707,21 @@ class Store:
         self.client.ping()
 
 
+def _output_json(outcome: Outcome) -> str:
+    """Return the attempt's output as stored, or '' when it printed nothing."""
+    if not outcome.stdout and not outcome.stderr:
+        return ""
+    return json.dumps({"stdout": outcome.stdout or "", "stderr": outcome.stderr or ""})
+
+
 def _claim_reply(reply: Sequence[Any]) -> Claim:
-    skipped = tuple(_text(item) for item in reply[3:])
-    if reply[0] is None:
-        return Claim(None, skipped)
-    record = json.loads(reply[1])
-    return Claim(Claimed(_text(reply[0]), str(int(reply[2])), record), skipped)
+    count = int(reply[0])
+    jobs = tuple(
+        Claimed(_text(reply[i]), str(int(reply[i + 2])), json.loads(reply[i + 1]))
+        for i in range(1, 3 * count + 1, 3)
+    )
+    skipped = tuple(_text(item) for item in reply[3 * count + 1 :])
+    return Claim(jobs, skipped)
 
 
 def _decode_record(job_id: str, raw: bytes | str) -> dict[str, Any]:
@@ -597,6 +747,20 @@ def _json_or_empty(raw: bytes | str | None) -> dict[str, Any]:
 
 def _lease(record: Mapping[str, Any]) -> str:
     return str(int(record["lease"]))
+
+
+def _enqueue_reply(reply: Any) -> list[Any]:
+    """Return an enqueue script's reply, or raise ``ConflictError`` for an id in use."""
+    if _text(reply[0]) == "conflict":
+        raise _id_in_use(_text(reply[1]))
+    return cast(list[Any], reply)
+
+
+def _id_in_use(job_id: str) -> ConflictError:
+    return ConflictError(
+        f"job id {job_id!r} is already in use; choose another id, "
+        "or pass --if-absent to keep the existing job"
+    )
 
 
 def _text(value: bytes | str | int) -> str:

@@ -1,15 +1,23 @@
-"""queuectl-worker: claims jobs one at a time, runs them and records the outcome.
+"""queuectl-worker: claims jobs, runs them one at a time and records the outcomes.
 
 One process per systemd unit instance (``queuectl-worker@3``).  Its name in
-Redis is ``<host>:<instance>``, so a restarted instance finds the job its
-predecessor held and takes it back at once.  While idle the worker blocks on
-its queues' notify lists, so a new job starts within milliseconds without
-polling.  Finishing a job and claiming the next is one Redis call.
+Redis is ``<host>:<instance>``, so a restarted instance finds the jobs its
+predecessor held and takes them back at once.  While idle the worker blocks
+on its queues' notify lists, so a new job starts within milliseconds without
+polling.
+
+Recording outcomes and claiming the next jobs is one Redis call.  When the
+queue stays deep and jobs are short, the worker claims several jobs per call
+(doubling up to ``BATCH_MAX``) and records their outcomes together, so the
+call's cost is shared.  No job waits in a batch longer than ``BATCH_HOLD_S``:
+then the worker records what finished and hands back what it has not
+started, and claims one job at a time again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import re
@@ -18,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -26,14 +35,25 @@ from .allowlist import rejection
 from .config import Config, check_not_root
 from .errors import ConflictError, RedisFailure
 from .jobs import Claimed
-from .runner import Running, SpawnError, become_subreaper, reap_orphans, spawn
+from .runner import (
+    Running,
+    SpawnError,
+    become_subreaper,
+    keep_fds_from_jobs,
+    reap_orphans,
+    spawn,
+)
 from .service import Notifier, Signals, daemon_arguments, reload_config, run_daemon, wait_for_redis
-from .store import Claim, Finish, Outcome, Store, WorkerKeys
+from .store import Attempt, Claim, Outcome, Store, WorkerKeys
 
 log = logging.getLogger(__name__)
 
 # Maximum time a worker blocks waiting for work, so it notices stops and reloads.
 IDLE_BLOCK_S = 1.0
+# Most jobs claimed by one call.
+BATCH_MAX = 16
+# Longest a claimed job waits to start, or an outcome waits to be recorded.
+BATCH_HOLD_S = 0.25
 INSTANCE_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # How often the STATUS of a running job is refreshed.
 STATUS_EVERY_S = 1.0
@@ -80,6 +100,16 @@ class Worker:
         self.started_at = time.time()
         self.current: Claimed | None = None
         self.next_beat = 0.0
+        # Claimed and not started yet, and finished with the outcome not recorded yet.
+        self.ready: deque[Claimed] = deque()
+        self.done: list[Attempt] = []
+        self.batch = 1
+        self.claimed_at = 0.0
+        self.hold_until = 0.0
+        # Jobs whose outcome call failed once: a later "lost" may mean it was recorded.
+        self.unsure: set[str] = set()
+        # Claimed jobs whose hand-back failed; see _release.
+        self.unreleased: list[Claimed] = []
         self._apply(config)
 
     def _apply(self, config: Config) -> None:
@@ -87,6 +117,7 @@ class Worker:
         self.store = Store(config, block_s=IDLE_BLOCK_S)
         self.keys: WorkerKeys = self.store.worker_keys(config.worker.queues)
         self.lease_ms = round(config.worker.lease_timeout_s * 1000)
+        self.hold_s = min(BATCH_HOLD_S, config.worker.lease_timeout_s / 4)
         self.idle_text = f"idle on queues {', '.join(config.worker.queues)}"
 
     # --- life cycle ----------------------------------------------------------
@@ -94,6 +125,7 @@ class Worker:
     def run(self) -> None:
         check_not_root(self.config.worker, os.geteuid())
         become_subreaper()
+        keep_fds_from_jobs()
         if not wait_for_redis(self._start, self.signals, self.notifier, what="worker"):
             return
         self.notifier.ready(self.idle_text)
@@ -115,13 +147,12 @@ class Worker:
     def _start(self) -> None:
         self.store.ping()
         self._check_predecessor()
-        taken = self.store.reclaim(self.name)
-        if taken:
+        for job_id, state in self.store.reclaim(self.name):
             log.warning(
                 "job %s: took it back from the previous process of %s; now %s",
-                taken[0],
+                job_id,
                 self.name,
-                taken[1],
+                state,
             )
         self._beat()
 
@@ -146,6 +177,8 @@ class Worker:
 
     def _stop(self) -> None:
         self.notifier.status("stopping")
+        if self.unreleased:
+            self._release([])
         try:
             self.store.forget_workers([self.name])
         except RedisFailure as error:
@@ -160,29 +193,42 @@ class Worker:
     def _resume_held(self) -> None:
         """After a lost connection, hand back a job whose claim reply was lost."""
         self.store.ping()
-        released = self.store.reclaim(self.name, started=False)
-        if released:
+        self.unreleased = []
+        for job_id, _ in self.store.reclaim(self.name, started=False):
             log.warning(
-                "job %s: its claim reply was lost with the connection; handed it back", released[0]
+                "job %s: its claim reply was lost with the connection; handed it back", job_id
             )
         self._beat()
 
     # --- claiming ------------------------------------------------------------
 
     def _cycle(self) -> None:
-        claim = self.store.claim(self.name, self.keys, self.lease_ms)
-        job = self._claimed(claim)
-        while job is not None:
-            job = self._run_and_finish(job)
-        if not self.signals.stopping and not self.signals.reload:
-            self._idle_wait()
+        if not self.ready:
+            self._take(self.store.claim(self.name, self.keys, self.lease_ms, self.batch))
+        if not self.ready:
+            # Jobs that arrive after a pause may be few and long: share them out.
+            self.batch = 1
+            if not self._interrupted():
+                self._idle_wait()
+            return
+        while self.ready and not self._interrupted():
+            self._run(self.ready.popleft())
+            if self.ready and time.monotonic() < self.hold_until and not self._interrupted():
+                continue
+            self._flush(claim=not self.ready and not self._interrupted())
+        self._flush(claim=False)
 
-    def _claimed(self, claim: Claim) -> Claimed | None:
+    def _interrupted(self) -> bool:
+        return self.signals.stopping or self.signals.reload
+
+    def _take(self, claim: Claim) -> None:
         for job_id in claim.skipped:
             log.error(
                 "job %s: record unreadable or missing; moved to the dead-letter queue", job_id
             )
-        return claim.job
+        self.ready.extend(claim.jobs)
+        self.claimed_at = time.monotonic()
+        self.hold_until = self.claimed_at + self.hold_s
 
     def _idle_wait(self) -> None:
         self.notifier.status(self.idle_text)
@@ -216,8 +262,9 @@ class Worker:
 
     # --- running -------------------------------------------------------------
 
-    def _run_and_finish(self, job: Claimed) -> Claimed | None:
-        """Run ``job``, record its outcome, and return the next job claimed."""
+    def _run(self, job: Claimed) -> None:
+        """Run ``job`` and keep its outcome for the next ``_flush``."""
+        started_after_ms = round((time.monotonic() - self.claimed_at) * 1000)
         self.current = job
         try:
             outcome = self._execute(job)
@@ -226,69 +273,149 @@ class Worker:
         # Reap what the job's killed group left to us now: a busy worker that
         # claims job after job would not reach its idle wait for a long time.
         reap_orphans()
-        if outcome is None:
-            return None
+        if outcome is not None:
+            self.done.append(Attempt(job, outcome, started_after_ms))
 
-        want_next = not self.signals.stopping and not self.signals.reload
-        finish = self._record(job, outcome, want_next)
-        if finish is None:
-            return None
-        if finish.status == "lost":
-            log.warning(
-                "job %s: lease lost before the outcome was recorded; result discarded", job.id
-            )
-        elif finish.status == "unknown":
-            log.warning(
-                "job %s: the connection broke while its outcome was recorded; "
-                "`queuectl show %s` shows what Redis kept",
-                job.id,
-                job.id,
-            )
-        else:
-            self._log_outcome(job, outcome, finish.state)
-        return self._claimed(finish.next) if finish.next else None
+    def _flush(self, *, claim: bool) -> None:
+        """Hand back unstarted jobs, record outcomes, and claim the next batch.
 
-    def _record(self, job: Claimed, outcome: Outcome, want_next: bool) -> Finish | None:
-        jobs = self.config.jobs
+        The batch doubles while every job of the last one finished within
+        the hold time, and drops to one job when a batch outlasted it.
+        """
+        unstarted = list(self.ready)
+        self.ready.clear()
+        if unstarted or self.unreleased:
+            self._release(unstarted)
+        if unstarted or time.monotonic() >= self.hold_until:
+            self.batch = 1
+        elif claim:
+            self.batch = min(self.batch * 2, BATCH_MAX)
+        attempts, self.done = self.done, []
+        count = self.batch if claim else 0
+        if attempts or count:
+            following = self._record(attempts, count)
+            if following is not None:
+                self._take(following)
+
+    def _buffer_deadline(self) -> float:
+        """Return when buffered jobs or outcomes must go to Redis (inf if none)."""
+        return self.hold_until if self.ready or self.done or self.unreleased else math.inf
+
+    def _flush_while_running(self) -> None:
+        """Record outcomes and hand back unstarted jobs while a long job runs.
+
+        One try each: what fails stays buffered until the next heartbeat.
+        """
+        failed = False
+        if self.ready or self.unreleased:
+            failed = not self._release(list(self.ready))
+            self.ready.clear()
+        if self.done:
+            try:
+                results, _ = self._finish(self.done, 0)
+            except RedisFailure as error:
+                for item in self.done:
+                    log.warning("job %s: cannot record the outcome yet: %s", item.job.id, error)
+                    self.unsure.add(item.job.id)
+                failed = True
+            else:
+                self._log_results(self.done, results)
+                self.done = []
+        self.batch = 1
+        if failed:
+            self.hold_until = time.monotonic() + self.config.worker.heartbeat_interval_s
+
+    def _release(self, jobs: list[Claimed]) -> bool:
+        """Hand back claimed jobs that were not started; return whether Redis took them.
+
+        Jobs whose hand-back failed are never run here: the call may still
+        have reached Redis, which would then give them to another worker.
+        They are handed back again with the next batch; a repeat is harmless.
+        """
+        jobs = self.unreleased + jobs
         try:
-            return self.store.finish(
-                job,
-                outcome,
-                worker=self.name,
-                history_limit=jobs.history_limit,
-                claim_next=self.keys if want_next else None,
-                lease_ms=self.lease_ms,
-            )
+            self.store.release(jobs)
         except RedisFailure as error:
-            log.warning("job %s: cannot record the outcome yet: %s", job.id, error)
+            log.warning("cannot hand back %d claimed jobs yet: %s", len(jobs), error)
+            self.unreleased = jobs
+            return False
+        self.unreleased = []
+        log.info(
+            "handed back %d claimed jobs it had not started, from job %s",
+            len(jobs),
+            jobs[0].id,
+        )
+        return True
+
+    def _finish(
+        self, attempts: list[Attempt], count: int
+    ) -> tuple[list[tuple[str, str | None]], Claim | None]:
+        return self.store.finish_many(
+            attempts,
+            worker=self.name,
+            history_limit=self.config.jobs.history_limit,
+            claim_next=self.keys,
+            claim_count=count,
+            lease_ms=self.lease_ms,
+        )
+
+    def _record(self, attempts: list[Attempt], count: int) -> Claim | None:
+        """Record ``attempts`` and claim up to ``count`` jobs; wait out Redis failures."""
+        try:
+            results, following = self._finish(attempts, count)
+        except RedisFailure as error:
+            for item in attempts:
+                log.warning("job %s: cannot record the outcome yet: %s", item.job.id, error)
+        else:
+            self._log_results(attempts, results)
+            return following
 
         # The reply may have been lost after the script ran, so retry without
-        # claiming; a second run only reports the lease as lost.
-        recorded: list[Finish] = []
+        # claiming; a second run reports such a job's lease as lost.
+        self.unsure.update(attempt.job.id for attempt in attempts)
+        recorded: list[list[tuple[str, str | None]]] = []
 
         def attempt() -> None:
-            recorded.append(
-                self.store.finish(job, outcome, worker=self.name, history_limit=jobs.history_limit)
-            )
+            recorded.append(self._finish(attempts, 0)[0])
 
-        # A stopping worker still waits to record what the job did, for as
-        # long as it would have let the job run.
+        # A stopping worker still waits to record what the jobs did, for as
+        # long as it would have let a job run.
         settings = self.config.worker
         give_up_at = time.monotonic() + settings.stop_timeout_s + settings.kill_grace_s
         if not wait_for_redis(
             attempt, self.signals, self.notifier, what="worker", deadline=give_up_at
         ):
-            log.error(
-                "job %s: outcome not recorded; Redis stayed unreachable while the worker "
-                "stopped, so the job will run again",
-                job.id,
-            )
+            for item in attempts:
+                log.error(
+                    "job %s: outcome not recorded; Redis stayed unreachable while the worker "
+                    "stopped, so the job will run again",
+                    item.job.id,
+                )
+            self.unsure.clear()
             return None
         self._resume_held()
-        if recorded[0].status == "lost":
-            # The first call may have recorded the outcome before the reply was lost.
-            return Finish("unknown", None)
-        return recorded[0]
+        self._log_results(attempts, recorded[0])
+        return None
+
+    def _log_results(self, attempts: list[Attempt], results: list[tuple[str, str | None]]) -> None:
+        for item, (status, state) in zip(attempts, results, strict=True):
+            job = item.job
+            unsure = job.id in self.unsure
+            self.unsure.discard(job.id)
+            if status == "lost" and unsure:
+                # The first call may have recorded the outcome before its reply was lost.
+                log.warning(
+                    "job %s: the connection broke while its outcome was recorded; "
+                    "`queuectl show %s` shows what Redis kept",
+                    job.id,
+                    job.id,
+                )
+            elif status == "lost":
+                log.warning(
+                    "job %s: lease lost before the outcome was recorded; result discarded", job.id
+                )
+            else:
+                self._log_outcome(job, item.outcome, state)
 
     def _execute(self, job: Claimed) -> Outcome | None:
         """Run the job's command; return its outcome, or None if the lease was lost."""
@@ -344,15 +471,11 @@ class Worker:
                 wake = min(wake, deadline, stop_deadline or wake)
             else:
                 wake = min(wake, running.kill_due(settings.kill_grace_s) or wake)
-            if running.pump(wake):
+            if running.pump(min(wake, self._buffer_deadline())):
                 return reason
             self.signals.drain()
             now = time.monotonic()
-            self.notifier.watchdog()
-
-            if now >= next_status:
-                self.notifier.status(f"running job {job.id} for {now - running.started:.0f} s")
-                next_status = now + STATUS_EVERY_S
+            next_status = self._tend(job, running, now, next_status)
             if self.signals.stopping and stop_deadline is None:
                 stop_deadline = self._begin_stop(job, now)
             if self.signals.stop_count >= 2 and reason in (None, "stopping"):
@@ -374,9 +497,21 @@ class Worker:
                 running.terminate()
                 running.escalate(settings.kill_grace_s)
 
+    def _tend(self, job: Claimed, running: Running, now: float, next_status: float) -> float:
+        """Do the periodic chores of a running job; return the next status time."""
+        self.notifier.watchdog()
+        if now >= self._buffer_deadline():
+            self._flush_while_running()
+        if now < next_status:
+            return next_status
+        self.notifier.status(f"running job {job.id} for {now - running.started:.0f} s")
+        return now + STATUS_EVERY_S
+
     def _begin_stop(self, job: Claimed, now: float) -> float:
         """Give the running job its stop timeout; return when that ends."""
         settings = self.config.worker
+        # Let other workers have the jobs this one claimed and will not start.
+        self.hold_until = now
         self.notifier.extend_timeout(settings.stop_timeout_s + settings.kill_grace_s)
         log.info("job %s: stopping; the job has %.0f s to finish", job.id, settings.stop_timeout_s)
         return now + settings.stop_timeout_s

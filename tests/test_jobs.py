@@ -258,6 +258,15 @@ BAD_FILES = {
         _spec(command=["true"]) + "\n" + _spec(command=["echo", "\udc80"]) + "\n",
         ["line 2", "surrogate"],
     ),
+    "repeated field": (
+        '{"command": ["true"]}\n{"command": ["a"], "command": ["b"]}\n',
+        ["line 2", "command", "twice"],
+    ),
+    "NaN constant": (
+        '{"command": ["true"]}\n{"command": ["true"], "timeout": NaN}\n',
+        ["line 2", "NaN"],
+    ),
+    "byte order mark": ('\ufeff{"command": ["true"]}\n', ["line 1", "BOM"]),
 }
 
 
@@ -308,6 +317,9 @@ BAD_SPECS: dict[str, tuple[list[str], list[str]]] = {
     "id with space": ([_spec(id="a b")], ["id"]),
     "id number": ([_spec(id=5)], ["id", "a string"]),
     "NUL in id": ([_spec(id="a\0b")], ["id"]),
+    "id ending in newline": ([_spec(id="a\n")], ["id", "1 to 128"]),
+    "queue ending in newline": ([_spec(queue="mail\n")], ["queue", "1 to 64"]),
+    "env name ending in newline": ([_spec(env={"A\n": "x"})], ["env", "variable name"]),
     "bad queue": ([_spec(queue="a/b")], ["queue"]),
     "priority string": ([_spec(priority="high")], ["priority", "integer"]),
     "priority boolean": ([_spec(priority=True)], ["priority", "boolean"]),
@@ -379,3 +391,19 @@ def test_large_batch_is_checked_before_writing(seeded: Env, tmp_path: Path) -> N
     assert created.returncode == 0, created.stderr
     assert created.stdout.split() == ids
     assert seeded.store().counts()["pending_by_queue"] == {"other": 2501}
+
+
+def test_late_bad_line_writes_nothing(seeded: Env, tmp_path: Path) -> None:
+    lines = ['{"command": ["true"]}'] * 100_000
+    lines[99_998] = '{"command": ["true"], "priority": "high"}'
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("\n".join(lines) + "\n")
+    before = seeded.dump()
+
+    result = seeded.cli("enqueue", "--file", str(batch))
+
+    assert result.returncode == USAGE, result.stderr
+    assert "line 99999" in result.stderr
+    assert "priority" in result.stderr
+    assert result.stdout == ""
+    assert seeded.dump() == before

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from harness import Env, wait_until
 
-from queuectld.errors import ConflictError, NotFoundError
+from queuectld.errors import ConflictError, NotFoundError, RedisUnavailableError
 from queuectld.jobs import Claimed
 from queuectld.keys import Keys
-from queuectld.store import Outcome, Store
+from queuectld.store import Attempt, Outcome, Store
 
 WORKER = "host:1"
 HISTORY = 20
@@ -260,6 +260,168 @@ def test_finish_can_claim_next_job(env: Env) -> None:
     assert store.get_job("two")["state"] == "processing"
 
 
+def test_attempt_without_output_clears_the_earlier_output(env: Env) -> None:
+    env.enqueue(["true"], id="j")
+    store = env.store()
+    finish(store, claim(store), "requeue", stdout="first attempt\n", stderr="")
+    assert store.get_output("j") == {"stdout": "first attempt\n", "stderr": ""}
+
+    finish(store, claim(store), "completed", exit_code=0, stdout="", stderr="")
+
+    assert store.get_output("j") == {}
+
+
+def test_finish_survives_a_flushed_script_cache(env: Env) -> None:
+    env.enqueue(["true"], id="one")
+    env.enqueue(["true"], id="two")
+    store = env.store()
+    finish(store, claim(store), "completed")
+    # As after a restart of Redis: the scripts the worker loaded are gone.
+    store.client.script_flush()
+
+    assert finish(store, claim(store), "completed") == "completed"
+    assert store.get_job("two")["state"] == "completed"
+
+
+def test_finish_after_a_broken_connection_reconnects(env: Env) -> None:
+    env.enqueue(["true"], id="one")
+    env.enqueue(["true"], id="two")
+    store = env.store()
+    finish(store, claim(store), "completed")
+    job = claim(store)
+    # Closes the finish call's own connection; the pool's connection sends this.
+    store.client.client_kill_filter(_type="normal", skipme=True)
+
+    with pytest.raises(RedisUnavailableError):
+        finish(store, job, "completed")
+    assert finish(store, job, "completed", exit_code=0, stdout="out", stderr="") == "completed"
+    assert store.get_output("two") == {"stdout": "out", "stderr": ""}
+
+
+def held_entry(env: Env) -> str | None:
+    client = env.server.client()
+    try:
+        value = client.hget("{" + env.namespace + "}:held", WORKER)
+    finally:
+        client.close()
+    return None if value is None else value.decode()
+
+
+def test_claim_takes_a_batch_in_queue_order(env: Env) -> None:
+    for n in range(4):
+        env.enqueue(["true"], id=f"j{n}", priority=1 if n == 3 else 0)
+    store = env.store()
+
+    result = store.claim(WORKER, store.worker_keys(("default",)), 5000, count=3)
+
+    assert [job.id for job in result.jobs] == ["j3", "j0", "j1"]
+    leases = [job.lease for job in result.jobs]
+    assert held_entry(env) == " ".join(f"{job.id} {job.lease}" for job in result.jobs)
+    assert len(set(leases)) == 3
+    for job in result.jobs:
+        record = store.get_job(job.id)
+        assert record["state"] == "processing"
+        assert record["batch"] is True
+    assert store.get_job("j2")["state"] == "pending"
+
+
+def test_claim_of_one_job_is_not_a_batch(env: Env) -> None:
+    env.enqueue(["true"], id="only")
+    store = env.store()
+
+    result = store.claim(WORKER, store.worker_keys(("default",)), 5000, count=8)
+
+    assert [job.id for job in result.jobs] == ["only"]
+    assert "batch" not in store.get_job("only")
+
+
+def test_finish_many_records_each_and_claims_the_next_batch(env: Env) -> None:
+    for n in range(5):
+        env.enqueue(["true"], id=f"j{n}")
+    store = env.store()
+    keys = store.worker_keys(("default",))
+    first = store.claim(WORKER, keys, 5000, count=2).jobs
+    claimed_ms = store.get_job("j1")["started_ms"]
+    attempts = [
+        Attempt(first[0], Outcome("completed", exit_code=0, stdout="a\n"), 0),
+        Attempt(first[1], Outcome("failed", exit_code=1, error="exited with code 1"), 40),
+    ]
+
+    results, following = store.finish_many(
+        attempts, worker=WORKER, history_limit=HISTORY, claim_next=keys, claim_count=3
+    )
+
+    assert results == [("ok", "completed"), ("ok", "failed")]
+    assert following is not None
+    assert [job.id for job in following.jobs] == ["j2", "j3", "j4"]
+    assert held_entry(env) == " ".join(f"{job.id} {job.lease}" for job in following.jobs)
+    assert store.get_output("j0") == {"stdout": "a\n", "stderr": ""}
+    # The second job started 40 ms after the claim.
+    assert store.get_job("j1")["history"][-1]["started_ms"] == claimed_ms + 40
+    assert "batch" not in store.get_job("j0")
+
+
+def test_finish_many_with_a_lost_lease_records_the_others(env: Env) -> None:
+    env.enqueue(["true"], id="kept")
+    env.enqueue(["true"], id="taken")
+    store = env.store()
+    jobs = store.claim(WORKER, store.worker_keys(("default",)), 5000, count=2).jobs
+    stale = Claimed(jobs[1].id, "1", jobs[1].record)
+
+    results, following = store.finish_many(
+        [Attempt(jobs[0], Outcome("completed")), Attempt(stale, Outcome("completed"))],
+        worker=WORKER,
+        history_limit=HISTORY,
+    )
+
+    assert results == [("ok", "completed"), ("lost", None)]
+    assert following is None
+    assert store.get_job("taken")["state"] == "processing"
+    assert held_entry(env) == f"taken {jobs[1].lease}"
+
+
+def test_reclaim_of_a_batch_does_not_count_attempts(env: Env) -> None:
+    for n in range(3):
+        env.enqueue(["true"], id=f"j{n}", max_retries=0)
+    store = env.store()
+    store.claim(WORKER, store.worker_keys(("default",)), 5000, count=3)
+
+    taken = store.reclaim(WORKER)
+
+    assert sorted(taken) == [("j0", "pending"), ("j1", "pending"), ("j2", "pending")]
+    for n in range(3):
+        record = store.get_job(f"j{n}")
+        assert record["attempts"] == 0
+        assert record["history"][-1]["outcome"] == "lost"
+        assert "claimed in a batch" in record["error"]
+    assert held_entry(env) is None
+    # They keep their places in the queue.
+    assert [
+        job.id for job in store.claim(WORKER, store.worker_keys(("default",)), 5000, 3).jobs
+    ] == [
+        "j0",
+        "j1",
+        "j2",
+    ]
+
+
+def test_release_hands_back_unstarted_jobs(env: Env) -> None:
+    for n in range(3):
+        env.enqueue(["true"], id=f"j{n}")
+    store = env.store()
+    jobs = store.claim(WORKER, store.worker_keys(("default",)), 5000, count=3).jobs
+
+    taken = store.release(jobs[1:])
+
+    assert taken == [("j1", "pending"), ("j2", "pending")]
+    assert held_entry(env) == f"j0 {jobs[0].lease}"
+    for job_id in ("j1", "j2"):
+        record = store.get_job(job_id)
+        assert record["attempts"] == 0
+        assert "history" not in record or record["history"] == []
+        assert "batch" not in record
+
+
 def test_reap_takes_only_expired_leases(env: Env) -> None:
     env.enqueue(["true"], id="alive")
     env.enqueue(["true"], id="dead-worker")
@@ -300,10 +462,10 @@ def test_reclaim_takes_back_held_job(env: Env) -> None:
     taken = store.reclaim(WORKER)
     record = store.get_job("j")
 
-    assert taken == ("j", "pending")
+    assert taken == [("j", "pending")]
     assert record["history"][-1]["outcome"] == "lost"
     assert "restarted" in record["error"]
-    assert store.reclaim(WORKER) is None
+    assert store.reclaim(WORKER) == []
 
 
 @pytest.mark.parametrize("how", ["pending", "scheduled", "failed"])
@@ -454,7 +616,7 @@ def test_cancel_request_survives_lost_worker(env: Env, recovery: str) -> None:
     assert store.cancel("j") == "requested"
     time.sleep(0.01)
 
-    taken = store.reap(100) if recovery == "reap" else [store.reclaim(WORKER)]
+    taken = store.reap(100) if recovery == "reap" else store.reclaim(WORKER)
     record = store.get_job("j")
 
     assert taken == [("j", "cancelled")]
@@ -472,7 +634,7 @@ def test_release_hands_back_without_attempt(env: Env) -> None:
     taken = store.reclaim(WORKER, started=False)
     record = store.get_job("j")
 
-    assert taken == ("j", "pending")
+    assert taken == [("j", "pending")]
     assert record["attempts"] == 0
     assert "history" not in record
     assert claim(store).id == "j"

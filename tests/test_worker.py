@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from harness import Env, process_state, vm_peak_kib, wait_until
+from harness import BIN, Env, process_state, vm_peak_kib, wait_until
 
 from queuectld.jobs import validate
 from queuectld.store import Store
@@ -242,6 +243,95 @@ def test_cwd_from_job_or_config(env: Env, tmp_path: Path) -> None:
 
     assert env.store().get_output("own")["stdout"] == f"{own}\n"
     assert env.store().get_output("default")["stdout"] == f"{tmp_path}\n"
+
+
+def test_relative_program_runs_from_job_cwd(env: Env, tmp_path: Path) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    script = tools / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello from $(pwd)\n")
+    script.chmod(0o755)
+    worker = env.spawn("queuectl-worker", "--instance", "1")
+    env.enqueue(["./hello.sh"], id="j", cwd=str(tools))
+
+    env.wait_for_state("j", "completed")
+
+    assert env.store().get_output("j")["stdout"] == f"hello from {tools}\n"
+    # The worker enters the job's directory only while it starts the job.
+    assert os.readlink(f"/proc/{worker.pid}/cwd") == os.getcwd()
+
+
+def test_job_gets_no_inherited_descriptors_and_default_signals(env: Env) -> None:
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    try:
+        worker = subprocess.Popen(
+            [str(BIN / "queuectl-worker"), "--instance", "1"],
+            env=env.environ(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(write_end,),
+        )
+    finally:
+        os.close(write_end)
+    env.processes.append(worker)
+    script = "ls /proc/self/fd | tr '\\n' ' '; echo; grep -E '^Sig(Blk|Ign)' /proc/self/status"
+    env.enqueue(["sh", "-c", script], id="j")
+
+    env.wait_for_state("j", "completed")
+
+    os.close(read_end)
+    fds, *fields = env.store().get_output("j")["stdout"].splitlines()
+    # 0-2, plus the one ls opens to read the listing.
+    assert fds.split() == ["0", "1", "2", "3"]
+    status = dict(line.split() for line in fields)
+    assert status["SigBlk:"] == "0000000000000000"
+    # SIGPIPE (13) and SIGXFSZ (25) start with their default action.
+    ignored = int(status["SigIgn:"], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1))
+    assert not ignored & (1 << (signal.SIGXFSZ - 1))
+
+
+def enqueue_many(env: Env, specs: list[dict[str, object]]) -> None:
+    store = env.store()
+    store.enqueue([validate(spec, env.config.jobs) for spec in specs])
+
+
+def test_deep_queue_is_claimed_in_batches(env: Env) -> None:
+    enqueue_many(env, [{"id": f"j{n:03d}", "command": ["true"]} for n in range(200)])
+    client = env.server.client()
+    client.config_resetstat()
+    start_worker(env)
+
+    wait_until(lambda: env.store().counts()["states"]["completed"] == 200, "200 jobs to complete")
+
+    calls = client.info("commandstats")["cmdstat_evalsha"]["calls"]
+    client.close()
+    # One call per job would be over 200; batches of up to 16 need far fewer.
+    assert calls < 60
+    record = env.store().get_job("j199")
+    assert record["attempts"] == 1
+    assert [entry["outcome"] for entry in record["history"]] == ["completed"]
+
+
+def test_long_job_hands_back_the_rest_of_its_batch(env: Env) -> None:
+    # 31 short jobs grow the batch to 16, so the next claim takes the long
+    # job together with the jobs queued behind it.
+    specs: list[dict[str, object]] = [
+        {"id": f"warm{n:02d}", "command": ["true"]} for n in range(31)
+    ]
+    specs.append({"id": "long", "command": ["sleep", "4"]})
+    specs += [{"id": f"after{n}", "command": ["true"]} for n in range(5)]
+    enqueue_many(env, specs)
+    first = env.spawn("queuectl-worker", "--instance", "1")
+    env.wait_for_log(first, "handed back 5 claimed jobs it had not started, from job after0")
+    env.spawn("queuectl-worker", "--instance", "2")
+
+    for n in range(5):
+        record = env.wait_for_state(f"after{n}", "completed", timeout_s=3)
+        assert record["worker"].endswith(":2")
+        assert record["attempts"] == 1
+    assert env.store().get_job("long")["state"] == "processing"
 
 
 def test_timeout_kills_whole_process_group(env: Env) -> None:

@@ -11,16 +11,14 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..config import KEYS, Config, canonical_key, dropin_dir, load, parse_value
 from ..errors import ConfigError
 from .output import print_json
-from .workers import _alive, _read_pid, systemd_manages_workers
 
 SET_DROPIN = "90-queuectl-set.toml"
 if sys.version_info >= (3, 11):
@@ -29,7 +27,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 
-def add_parsers(commands: Any) -> None:
+def _add_config_parser(commands: Any) -> None:
     config = commands.add_parser("config", help="show, get and set config values")
     config_commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
     show = config_commands.add_parser("show", help="print every effective value and its source")
@@ -43,6 +41,10 @@ def add_parsers(commands: Any) -> None:
     setter.add_argument("key", help="dotted key such as jobs.timeout, or max-retries")
     setter.add_argument("value", help="the value, in TOML syntax for lists and tables")
     setter.set_defaults(handler=set_command)
+
+
+# Command name -> the function that adds its parser, as COMMANDS in main.py expects.
+PARSERS: dict[str, Callable[[Any], None]] = {"config": _add_config_parser}
 
 
 def toml_value(value: Any) -> str:
@@ -152,6 +154,11 @@ def _write_dropin(path: Path, document: Mapping[str, Mapping[str, Any]]) -> None
 
 
 def _reload_daemons(config: Config) -> None:
+    # Imported here because only `config set` signals daemons.
+    import subprocess
+
+    from .workers import _alive, _read_pid, systemd_manages_workers
+
     if systemd_manages_workers():
         result = subprocess.run(
             ["systemctl", "reload", "queuectl-scheduler.service", "queuectl-worker@*.service"],

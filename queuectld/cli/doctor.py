@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,10 +26,14 @@ class Check:
     detail: str
 
 
-def add_parsers(commands: Any) -> None:
+def _add_doctor_parser(commands: Any) -> None:
     doctor = commands.add_parser("doctor", help="check Redis, persistence, clocks and the config")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.set_defaults(handler=doctor_command)
+
+
+# Command name -> the function that adds its parser, as COMMANDS in main.py expects.
+PARSERS: dict[str, Callable[[Any], None]] = {"doctor": _add_doctor_parser}
 
 
 def run_checks(config: Config) -> list[Check]:

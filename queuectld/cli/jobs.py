@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 from ..allowlist import rejection
@@ -29,7 +29,7 @@ FIELD_OPTIONS = {
 }
 
 
-def add_parsers(commands: Any) -> None:
+def _add_enqueue_parser(commands: Any) -> None:
     enqueue = commands.add_parser(
         "enqueue",
         help="add jobs",
@@ -65,10 +65,14 @@ def add_parsers(commands: Any) -> None:
     enqueue.add_argument("--json", action="store_true", help="print the result as JSON")
     enqueue.set_defaults(handler=enqueue_command, wants_argv=True)
 
+
+def _add_status_parser(commands: Any) -> None:
     status = commands.add_parser("status", help="count jobs by state and queue")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=status_command)
 
+
+def _add_list_parser(commands: Any) -> None:
     listing = commands.add_parser("list", help="list jobs")
     listing.add_argument("--state", help=f"one of: {', '.join(JOB_STATES)}")
     listing.add_argument("--queue", help="only jobs of this queue")
@@ -78,19 +82,27 @@ def add_parsers(commands: Any) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=list_command)
 
+
+def _add_show_parser(commands: Any) -> None:
     show = commands.add_parser("show", help="show one job, its history and output")
     show.add_argument("id")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=show_command)
 
+
+def _add_cancel_parser(commands: Any) -> None:
     cancel = commands.add_parser("cancel", help="cancel a waiting or running job")
     cancel.add_argument("id")
     cancel.set_defaults(handler=cancel_command)
 
+
+def _add_retry_parser(commands: Any) -> None:
     retry = commands.add_parser("retry", help="run a failed, dead or cancelled job again now")
     retry.add_argument("id")
     retry.set_defaults(handler=retry_command)
 
+
+def _add_dlq_parser(commands: Any) -> None:
     dlq = commands.add_parser("dlq", help="the dead-letter queue")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="COMMAND", required=True)
     dlq_list = dlq_commands.add_parser("list", help="list dead jobs")
@@ -105,6 +117,18 @@ def add_parsers(commands: Any) -> None:
     dlq_retry.set_defaults(handler=dlq_retry_command)
     dlq_purge = dlq_commands.add_parser("purge", help="delete every dead job")
     dlq_purge.set_defaults(handler=dlq_purge_command)
+
+
+# Command name -> the function that adds its parser, as COMMANDS in main.py expects.
+PARSERS: dict[str, Callable[[Any], None]] = {
+    "enqueue": _add_enqueue_parser,
+    "status": _add_status_parser,
+    "list": _add_list_parser,
+    "show": _add_show_parser,
+    "cancel": _add_cancel_parser,
+    "retry": _add_retry_parser,
+    "dlq": _add_dlq_parser,
+}
 
 
 # --- enqueue -----------------------------------------------------------------
@@ -131,8 +155,7 @@ def enqueue_command(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print_json([{"id": spec.id, "created": spec.id not in existing} for spec in specs])
         return 0
-    for spec in specs:
-        print(spec.id)
+    sys.stdout.write("".join(f"{spec.id}\n" for spec in specs))
     for job_id in result.existing:
         print(f"job {job_id} already exists; kept it unchanged", file=sys.stderr)
     return 0

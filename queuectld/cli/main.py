@@ -9,13 +9,31 @@ returned an error, 8 a `queuectl doctor` check failed
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from .. import __version__, logs
 from ..config import load
 from ..errors import ExitCode, QueueError
-from . import config_cmd, doctor, jobs, workers
+
+# Each command, in the order of `queuectl --help`, and the module of
+# queuectld.cli that defines it in its PARSERS table.  A run imports only the
+# module of the command it runs and builds only that command's parser, since
+# the other modules' imports and parsers cost start-up time.
+COMMANDS = {
+    "enqueue": "jobs",
+    "status": "jobs",
+    "list": "jobs",
+    "show": "jobs",
+    "cancel": "jobs",
+    "retry": "jobs",
+    "dlq": "jobs",
+    "worker": "workers",
+    "config": "config_cmd",
+    "doctor": "doctor",
+}
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,7 +44,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(int(ExitCode.USAGE), f"queuectl: error: {message}; see `{self.prog} --help`\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser of every command, or only of ``command`` if it names one."""
     parser = Parser(
         prog="queuectl",
         description="Admin CLI of the queuectl job queue.",
@@ -40,11 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=Parser
     )
-    jobs.add_parsers(commands)
-    workers.add_parsers(commands)
-    config_cmd.add_parsers(commands)
-    doctor.add_parsers(commands)
+    names = [command] if command in COMMANDS else list(COMMANDS)
+    for name in names:
+        module = importlib.import_module(f".{COMMANDS[name]}", __package__)
+        module.PARSERS[name](commands)
     return parser
+
+
+def requested_command(options: Sequence[str]) -> str | None:
+    """Return the first argument that is neither an option nor the value of ``--config``.
+
+    argparse also accepts a prefix of ``--config`` such as ``--conf``, so any
+    prefix of it takes the next argument as its value here too.
+    """
+    arguments: Iterator[str] = iter(options)
+    for argument in arguments:
+        if len(argument) > 2 and "--config".startswith(argument):
+            next(arguments, None)
+        elif not argument.startswith("-"):
+            return argument
+    return None
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
@@ -62,7 +96,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run(argv: Sequence[str]) -> int:
     options, job_argv = split_argv(argv)
-    args = build_parser().parse_args(options)
+    # Building the parser imports the command's module and, with it,
+    # redis-py, which creates tens of thousands of objects that live until the
+    # process exits.  The garbage collector is off while they are created and
+    # then ignores them (gc.freeze), so neither the collections during the
+    # imports nor the final collection at interpreter exit traverse them.
+    gc.disable()
+    try:
+        parser = build_parser(requested_command(options))
+    finally:
+        gc.freeze()
+        gc.enable()
+    args = parser.parse_args(options)
     args.argv = job_argv
     logs.setup("warning", program="queuectl")
     try:

@@ -16,12 +16,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, check_not_root
 from ..errors import ConflictError, QueueError, UsageError
-from ..store import Store
 from .output import ago, print_json, print_table
 
 UNIT_TEMPLATE = "queuectl-worker@.service"
@@ -32,7 +32,7 @@ class SystemctlError(QueueError):
     """systemctl failed; its own message is passed on."""
 
 
-def add_parsers(commands: Any) -> None:
+def _add_worker_parser(commands: Any) -> None:
     worker = commands.add_parser("worker", help="start, stop and list workers")
     worker_commands = worker.add_subparsers(dest="worker_command", metavar="COMMAND", required=True)
     start = worker_commands.add_parser("start", help="start N workers")
@@ -49,6 +49,10 @@ def add_parsers(commands: Any) -> None:
     listing = worker_commands.add_parser("list", help="list live workers from their heartbeats")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=list_command)
+
+
+# Command name -> the function that adds its parser, as COMMANDS in main.py expects.
+PARSERS: dict[str, Callable[[Any], None]] = {"worker": _add_worker_parser}
 
 
 def systemd_manages_workers() -> bool:
@@ -124,6 +128,9 @@ def stop_command(args: argparse.Namespace, config: Config) -> int:
 
 
 def list_command(args: argparse.Namespace, config: Config) -> int:
+    # Imported here because starting and stopping workers needs no Redis client.
+    from ..store import Store
+
     store = Store(config)
     workers = store.workers()
     now_ms = store.now_ms()

@@ -100,63 +100,121 @@ local function runnable(job)
     and type(job.max_retries) == 'number'
 end
 
--- Claim the best pending job across the given queues: the highest priority,
--- then the oldest.  Returns {id, record JSON, lease token, skipped ids...} or
--- {false, false, false, skipped ids...} when every queue is empty.
-local function claim_next(k, queue_keys, notify_keys, worker, lease_ms, now)
-  local skipped = {}
-  while true do
-    local best_key, best_id, best_score = nil, nil, nil
-    for _, queue_key in ipairs(queue_keys) do
-      local head = redis.call('ZRANGE', queue_key, 0, 0, 'WITHSCORES')
-      if head[1] then
-        local score = tonumber(head[2])
-        if best_score == nil or score < best_score then
-          best_key, best_id, best_score = queue_key, head[1], score
-        end
+-- The held hash maps a worker to the jobs it holds: "<id> <lease> <id> <lease> ...".
+local function held_pairs(held_key, worker)
+  local pairs_, id = {}, nil
+  for word in string.gmatch(redis.call('HGET', held_key, worker) or '', '%S+') do
+    if id == nil then
+      id = word
+    else
+      pairs_[#pairs_ + 1] = {id, word}
+      id = nil
+    end
+  end
+  return pairs_
+end
+
+local function save_held(held_key, worker, pairs_)
+  if #pairs_ == 0 then
+    redis.call('HDEL', held_key, worker)
+    return
+  end
+  local words = {}
+  for _, pair in ipairs(pairs_) do
+    words[#words + 1] = pair[1] .. ' ' .. pair[2]
+  end
+  redis.call('HSET', held_key, worker, table.concat(words, ' '))
+end
+
+-- Drop the pairs of `leases` (id -> lease token) from the worker's entry.
+local function held_remove(held_key, worker, leases)
+  local kept = {}
+  local pairs_ = held_pairs(held_key, worker)
+  for _, pair in ipairs(pairs_) do
+    if leases[pair[1]] ~= pair[2] then
+      kept[#kept + 1] = pair
+    end
+  end
+  if #kept < #pairs_ then
+    save_held(held_key, worker, kept)
+  end
+end
+
+-- Take the best pending job across the given queues: the highest priority,
+-- then the oldest.  Returns its id, or nil when every queue is empty.
+local function pop_best(queue_keys)
+  local best_key, best_id, best_score = nil, nil, nil
+  for _, queue_key in ipairs(queue_keys) do
+    local head = redis.call('ZRANGE', queue_key, 0, 0, 'WITHSCORES')
+    if head[1] then
+      local score = tonumber(head[2])
+      if best_score == nil or score < best_score then
+        best_key, best_id, best_score = queue_key, head[1], score
       end
     end
+  end
+  if best_id ~= nil then
+    redis.call('ZREM', best_key, best_id)
+  end
+  return best_id
+end
 
-    if best_id == nil then
+-- Claim up to `count` of the best pending jobs across the given queues and
+-- give each a lease.  Jobs claimed together are marked `batch`: a worker
+-- that dies holding them may not have started them all, so their lost
+-- attempt is not counted.  Returns {n, id, record JSON, lease token, ...
+-- (n triples), skipped ids...}; skipped ids are records that no longer
+-- parse, moved to the dead-letter queue.
+local function claim_next(k, queue_keys, notify_keys, worker, lease_ms, now, count)
+  local claimed, skipped = {}, {}
+  while #claimed < count do
+    local id = pop_best(queue_keys)
+    if id == nil then
       -- Nothing is pending, so every wake-up token left is stale.
       for _, notify_key in ipairs(notify_keys) do
         redis.call('DEL', notify_key)
       end
-      local reply = {false, false, false}
-      for _, id in ipairs(skipped) do
-        reply[#reply + 1] = id
-      end
-      return reply
+      break
     end
-
-    redis.call('ZREM', best_key, best_id)
-    local job, raw = load_job(k.jobs, best_id)
+    local job, raw = load_job(k.jobs, id)
     if job and runnable(job) then
-      job.attempts = (job.attempts or 0) + 1
-      job.state = 'processing'
-      job.started_ms = now
-      job.worker = worker
-      job.lease_ms = lease_ms
-      job.lease = redis.call('INCR', k.seq)
-      job.cancel_requested = nil
-      job.finished_ms = nil
-      job.exit_code = nil
-      job.signal = nil
-      job.duration_ms = nil
-      job.error = nil
-      local encoded = save_job(k.jobs, best_id, job)
-      redis.call('ZADD', k.processing, int(now + lease_ms), best_id)
-      redis.call('HSET', k.held, worker, best_id .. ' ' .. int(job.lease))
-      local reply = {best_id, encoded, job.lease}
-      for _, id in ipairs(skipped) do
-        reply[#reply + 1] = id
+      claimed[#claimed + 1] = {id, job}
+    else
+      if raw then
+        bury_unreadable(k.jobs, k.dead, id, raw, now)
       end
-      return reply
+      skipped[#skipped + 1] = id
     end
-
-    if raw then
-      bury_unreadable(k.jobs, k.dead, best_id, raw, now)
-    end
-    skipped[#skipped + 1] = best_id
   end
+
+  local reply = {#claimed}
+  local pairs_ = held_pairs(k.held, worker)
+  for _, item in ipairs(claimed) do
+    local id, job = item[1], item[2]
+    job.attempts = (job.attempts or 0) + 1
+    job.state = 'processing'
+    job.started_ms = now
+    job.worker = worker
+    job.lease_ms = lease_ms
+    job.lease = redis.call('INCR', k.seq)
+    job.batch = #claimed > 1 or nil
+    job.cancel_requested = nil
+    job.finished_ms = nil
+    job.exit_code = nil
+    job.signal = nil
+    job.duration_ms = nil
+    job.error = nil
+    reply[#reply + 1] = id
+    reply[#reply + 1] = save_job(k.jobs, id, job)
+    reply[#reply + 1] = job.lease
+    redis.call('ZADD', k.processing, int(now + lease_ms), id)
+    pairs_[#pairs_ + 1] = {id, int(job.lease)}
+  end
+  if #claimed > 0 then
+    save_held(k.held, worker, pairs_)
+  end
+  for _, id in ipairs(skipped) do
+    reply[#reply + 1] = id
+  end
+  return reply
 end

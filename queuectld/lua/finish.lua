@@ -1,43 +1,42 @@
--- Record the outcome of an attempt, then optionally claim the next job in
--- the same call.  The outcome applies only while the caller's lease token
+-- Record the outcomes of attempts, then optionally claim the next jobs in
+-- the same call.  An outcome applies only while the caller's lease token
 -- still matches the job's: a worker whose lease was taken away cannot
 -- overwrite a newer attempt.
 -- KEYS: jobs, output, processing, completed, failed, dead, cancelled, held,
---       seq, the job's queue, the job's notify list, then pairs of
---       (queue, notify) to claim from
--- ARGV: id, lease token, outcome (completed|failed|dead|cancelled|requeue),
---       exit code or '', signal or '', duration ms, error, output JSON or '',
---       retry delay ms, history limit, worker name, claim next (0|1),
---       lease duration ms
--- Returns: {status, final state, claim reply...} where status is 'ok' or
---          'lost' and the claim reply is that of claim_next.
+--       seq, then pairs of (queue, notify): first the queues to claim from,
+--       then any other queue an outcome's job belongs to
+-- ARGV: worker name, history limit, jobs to claim (0 for none), lease
+--       duration ms, number of pairs to claim from, then for each outcome:
+--       id, lease token, outcome (completed|failed|dead|cancelled|requeue),
+--       exit code or '', signal or '', duration ms, error, output JSON or ''
+--       when the attempt printed nothing, retry delay ms, number of the
+--       job's (queue, notify) pair, ms from the claim to the start
+-- Returns: {status, final state} per outcome, where status is 'ok' or
+--          'lost', then the claim reply of claim_next if jobs were claimed.
 
+local FIELDS = 11
 local k = {
   jobs = KEYS[1], output = KEYS[2], processing = KEYS[3], completed = KEYS[4],
   failed = KEYS[5], dead = KEYS[6], cancelled = KEYS[7], held = KEYS[8], seq = KEYS[9],
 }
-local queue_key, notify_key = KEYS[10], KEYS[11]
-local id, lease, outcome = ARGV[1], ARGV[2], ARGV[3]
-local exit_code, signal = tonumber(ARGV[4]), tonumber(ARGV[5])
-local duration_ms, error_line, output = tonumber(ARGV[6]), ARGV[7], ARGV[8]
-local retry_delay_ms, history_limit = tonumber(ARGV[9]), tonumber(ARGV[10])
-local worker, claim_more, lease_ms = ARGV[11], ARGV[12] == '1', tonumber(ARGV[13])
+local worker, history_limit = ARGV[1], tonumber(ARGV[2])
+local claim_count, lease_ms, claim_pairs = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = now_ms()
+local valid = {completed = true, failed = true, dead = true, cancelled = true, requeue = true}
 
-local function held_by_caller()
-  if redis.call('HGET', k.held, worker) == id .. ' ' .. lease then
-    redis.call('HDEL', k.held, worker)
-  end
-end
-
-local function record(job)
-  local status, state = 'lost', nil
+local function record(a)
+  local id, lease, outcome = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local exit_code, signal = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local duration_ms, error_line, output = tonumber(ARGV[a + 5]), ARGV[a + 6], ARGV[a + 7]
+  local retry_delay_ms, pair = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
+  local queue_key, notify_key = KEYS[8 + 2 * pair], KEYS[9 + 2 * pair]
+  local job = load_job(k.jobs, id)
   if not job or job.state ~= 'processing' or int(job.lease) ~= lease then
-    return status, state
+    return 'lost', false
   end
 
   redis.call('ZREM', k.processing, id)
-  held_by_caller()
+  job.started_ms = job.started_ms + tonumber(ARGV[a + 10])
   add_history(job, {
     attempt = job.attempts, worker = job.worker, started_ms = job.started_ms,
     finished_ms = now, outcome = outcome, exit_code = exit_code, signal = signal,
@@ -48,6 +47,7 @@ local function record(job)
   job.duration_ms = duration_ms
   job.error = error_line ~= '' and error_line or nil
   job.lease = nil
+  job.batch = nil
 
   if outcome == 'failed' and job.attempts > job.max_retries then
     outcome = 'dead'
@@ -70,29 +70,36 @@ local function record(job)
   end
   if output ~= '' then
     redis.call('HSET', k.output, id, output)
+  elseif #job.history > 1 then
+    -- An earlier attempt may have left output that this one did not replace.
+    redis.call('HDEL', k.output, id)
   end
   save_job(k.jobs, id, job)
   return 'ok', job.state
 end
 
-local valid = {completed = true, failed = true, dead = true, cancelled = true, requeue = true}
-if not valid[outcome] then
-  return redis.error_reply('unknown outcome ' .. outcome)
+for a = 6, #ARGV, FIELDS do
+  if not valid[ARGV[a + 2]] then
+    return redis.error_reply('unknown outcome ' .. ARGV[a + 2])
+  end
 end
 
-local job = load_job(k.jobs, id)
-local status, state = record(job)
-if status == 'lost' then
-  held_by_caller()
+local reply, leases = {}, {}
+for a = 6, #ARGV, FIELDS do
+  local status, state = record(a)
+  reply[#reply + 1] = status
+  reply[#reply + 1] = state
+  leases[ARGV[a]] = ARGV[a + 1]
 end
-local reply = {status, state or false}
-if claim_more then
+held_remove(k.held, worker, leases)
+
+if claim_count > 0 then
   local queue_keys, notify_keys = {}, {}
-  for i = 12, #KEYS, 2 do
-    queue_keys[#queue_keys + 1] = KEYS[i]
-    notify_keys[#notify_keys + 1] = KEYS[i + 1]
+  for i = 1, claim_pairs do
+    queue_keys[i] = KEYS[8 + 2 * i]
+    notify_keys[i] = KEYS[9 + 2 * i]
   end
-  for _, item in ipairs(claim_next(k, queue_keys, notify_keys, worker, lease_ms, now)) do
+  for _, item in ipairs(claim_next(k, queue_keys, notify_keys, worker, lease_ms, now, claim_count)) do
     reply[#reply + 1] = item
   end
 end

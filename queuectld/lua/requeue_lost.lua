@@ -1,5 +1,6 @@
--- Take jobs away from workers that died.  Each attempt counts as lost.  The
--- job goes back to the front of its queue, or to cancelled if a cancel was
+-- Take jobs away from workers that died.  Each attempt counts as lost,
+-- unless the job was claimed in a batch (see claim_next).  The job goes
+-- back to the front of its queue, or to cancelled if a cancel was
 -- requested, or to the dead-letter queue once its retries are spent.  A job
 -- is taken only while it still holds the lease the caller names, so several
 -- reapers at once are safe.
@@ -7,8 +8,9 @@
 -- ARGV: mode, history limit, then pairs of (id, lease token), all of jobs
 --       in that queue.  Modes: 'expired' (reaper: only past the deadline),
 --       'reclaim' (a restarted worker takes back its predecessor's job),
---       'release' (a worker hands back a job it never started because the
---       claim's reply was lost; the attempt is not counted).
+--       'release' (a worker hands back jobs it never started, because the
+--       claim's reply was lost or it claimed more than it got to; the
+--       attempt is not counted).
 -- Returns: a flat list of (id, new state) for every job taken.
 
 local k = {
@@ -27,11 +29,10 @@ for i = 3, #ARGV, 2 do
   local holds = job and job.state == 'processing' and int(job.lease) == lease and deadline
   if holds and mode == 'release' then
     redis.call('ZREM', k.processing, id)
-    if redis.call('HGET', k.held, job.worker) == id .. ' ' .. lease then
-      redis.call('HDEL', k.held, job.worker)
-    end
+    held_remove(k.held, job.worker, {[id] = lease})
     job.attempts = job.attempts - 1
     job.lease = nil
+    job.batch = nil
     push_pending(k.seq, queue_key, id, job, true)
     requeued = requeued + 1
     save_job(k.jobs, id, job)
@@ -47,15 +48,19 @@ for i = 3, #ARGV, 2 do
     end
 
     redis.call('ZREM', k.processing, id)
-    if redis.call('HGET', k.held, job.worker) == id .. ' ' .. lease then
-      redis.call('HDEL', k.held, job.worker)
-    end
+    held_remove(k.held, job.worker, {[id] = lease})
     add_history(job, {
       attempt = job.attempts, worker = job.worker, started_ms = job.started_ms,
       finished_ms = now, outcome = 'lost', error = reason,
     }, history_limit)
     job.error = reason
     job.lease = nil
+    if job.batch then
+      -- Claimed with other jobs: the worker may never have started this one.
+      job.attempts = job.attempts - 1
+      job.error = reason .. ' (claimed in a batch; the attempt is not counted)'
+      job.batch = nil
+    end
 
     if job.cancel_requested then
       -- Its worker died before it could act on the cancel; do not run it again.
