@@ -130,7 +130,7 @@ def import_times(env: dict[str, str]) -> tuple[list[tuple[str, float]], float]:
         while chain and chain[-1][0] >= depth:
             chain.pop()
         chain.append((depth, name))
-        if chain[0][1] != "queuectld.cli.main":
+        if chain[0][1] not in ("queuectld.cli.main", "queuectld.cli.jobs"):
             continue
         outside = [module for _, module in chain if not module.startswith("queuectld")]
         owner = outside[0].split(".")[0] if outside else "queuectld"
@@ -252,8 +252,8 @@ def _command_costs(
 
 def render(profile: CliProfile) -> str:
     lines = [
-        f"Imports of queuectld.cli.main: {profile.import_total_ms:.0f} ms in all "
-        "(python -X importtime), by the package that brought each module in"
+        f"Imports of queuectld.cli.main and queuectld.cli.jobs: {profile.import_total_ms:.0f} ms "
+        "in all (python -X importtime), by the package that brought each module in"
     ]
     lines += [f"  {name:45} {ms:8.1f} ms" for name, ms in profile.import_ms]
     for command, run in profile.commands.items():

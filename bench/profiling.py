@@ -36,14 +36,17 @@ RATE_HZ = 100
 # function on its stack that this table names.  Names are py-spy's:
 # "module-path:qualified name".
 PHASES: list[tuple[str, tuple[str, ...]]] = [
-    ("spawn the job (subprocess.Popen)", ("runner.py:spawn",)),
+    ("spawn the job (posix_spawn)", ("runner.py:spawn",)),
     ("set up pipes, pidfd and selector", ("runner.py:Running.__init__",)),
-    ("wait for the job to exit (select)", ("runner.py:Running.pump",)),
+    ("wait for the job to exit (poll)", ("runner.py:Running.pump",)),
     (
         "reap the job, drain and close its pipes",
         ("runner.py:Running._on_exit", "runner.py:Running._drain", "runner.py:Running._close"),
     ),
-    ("finish + claim next: one Redis call", ("store.py:Store.finish",)),
+    (
+        "record outcomes and claim the next jobs: one Redis call per batch",
+        ("store.py:Store.finish_many", "store.py:Store.release"),
+    ),
     ("claim when idle: one Redis call", ("store.py:Store.claim",)),
     ("wait for work (BLPOP on notify list)", ("store.py:Store.wait_for_work",)),
     (
