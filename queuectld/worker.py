@@ -379,9 +379,11 @@ class Worker:
             recorded.append(self._finish(attempts, 0)[0])
 
         # A stopping worker still waits to record what the jobs did, for as
-        # long as it would have let a job run.
+        # long as it would have let a job run, plus the time one call may
+        # block: a retry sent while Redis stalls can take all of that.
         settings = self.config.worker
-        give_up_at = time.monotonic() + settings.stop_timeout_s + settings.kill_grace_s
+        call_s = self.config.redis.socket_timeout_s + IDLE_BLOCK_S
+        give_up_at = time.monotonic() + settings.stop_timeout_s + settings.kill_grace_s + call_s
         if not wait_for_redis(
             attempt, self.signals, self.notifier, what="worker", deadline=give_up_at
         ):
