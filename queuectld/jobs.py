@@ -161,7 +161,8 @@ def parse_json_spec(text: str, *, line: int | None = None) -> dict[str, Any]:
         if text.startswith("\ufeff"):
             # json.loads rejects a byte order mark with this message too.
             raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-        value = _SPEC_DECODER.decode(text)
+        # Without its line break, an unfinished line's error points into the line.
+        value = _SPEC_DECODER.decode(text.rstrip("\r\n"))
     except json.JSONDecodeError as error:
         raise JobSpecError(
             "json",

@@ -246,6 +246,10 @@ def _spec(**fields: object) -> str:
 
 BAD_FILES = {
     "malformed": ('{"command": ["true"]}\n{"command": \n', ["line 2", "malformed JSON"]),
+    "unclosed object": (
+        '{"command": ["true"]}\n{"command": ["echo", "x"], "queue": "mail"\n',
+        ["line 2", "malformed JSON at column 43: Expecting ',' delimiter"],
+    ),
     "repeated id": (
         '{"id": "r", "command": ["true"]}\n{"id": "r", "command": ["true"]}\n',
         ["line 2", "id", "line 1"],
