@@ -79,9 +79,10 @@ class DirectCall:
 
     ``Script.__call__`` costs about three times the CPU time of this path in
     redis-py, because it builds and packs every argument anew on each call.
-    A worker calls the finish script once per job, so it uses this one:
-    the keys come packed by the caller, and the connection is never shared.
-    Errors are redis-py's own, for the caller to translate.
+    The worker's finish script and pipelined enqueue batches use this one:
+    the connection is never shared, and ``send`` and ``receive`` let a
+    caller keep several calls in flight.  Errors are redis-py's own, for the
+    caller to translate.
     """
 
     def __init__(self, client: redis.Redis, name: str) -> None:
@@ -92,24 +93,44 @@ class DirectCall:
 
     def __call__(self, key_count: int, keys: bytes, args: Sequence[bytes | str | int]) -> Any:
         """Run the script on pre-packed ``keys`` (``key_count`` of them) and ``args``."""
+        try:
+            self.send(key_count, keys, args)
+            return self.receive()
+        except redis.exceptions.NoScriptError:
+            # Redis restarted or flushed its script cache: send the source once.
+            self.send(key_count, keys, args, head=pack(["EVAL", source(self.name)]))
+            return self.receive()
+
+    def send(
+        self,
+        key_count: int,
+        keys: bytes,
+        args: Sequence[bytes | str | int],
+        *,
+        head: bytes | None = None,
+    ) -> None:
+        """Send one call without reading its reply; ``receive`` reads replies in order."""
         count = b"*%d\r\n" % (3 + key_count + len(args))
         body = pack([key_count]) + keys + pack(args)
         try:
-            return self._send(count + self._head + body)
-        except redis.exceptions.NoScriptError:
-            # Redis restarted or flushed its script cache: send the source once.
-            return self._send(count + pack(["EVAL", source(self.name)]) + body)
+            self.connection.send_packed_command(
+                [count + (head or self._head) + body], check_health=False
+            )
+        except BaseException:
+            self.close()
+            raise
 
-    def _send(self, payload: bytes) -> Any:
+    def receive(self) -> Any:
+        """Read the reply of the oldest call sent."""
         try:
-            self.connection.send_packed_command([payload], check_health=False)
             return self.connection.read_response()
         except redis.exceptions.ResponseError:
             raise
         except BaseException:
             # A reply may be half read: start afresh on the next call.
-            self.connection.disconnect()
+            self.close()
             raise
 
     def close(self) -> None:
+        """Close the connection; the next call opens a new one."""
         self.connection.disconnect()

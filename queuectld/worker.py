@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 IDLE_BLOCK_S = 1.0
 # Most jobs claimed by one call.
 BATCH_MAX = 16
-# Longest a claimed job waits to start, or an outcome waits to be recorded.
+# Maximum time a claimed job waits to start, or an outcome waits to be recorded.
 BATCH_HOLD_S = 0.25
 INSTANCE_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # How often the STATUS of a running job is refreshed.

@@ -335,7 +335,7 @@ def test_claim_of_one_job_is_not_a_batch(env: Env) -> None:
     assert "batch" not in store.get_job("only")
 
 
-def test_finish_many_records_each_and_claims_the_next_batch(env: Env) -> None:
+def test_finish_many_records_and_claims(env: Env) -> None:
     for n in range(5):
         env.enqueue(["true"], id=f"j{n}")
     store = env.store()
@@ -361,7 +361,7 @@ def test_finish_many_records_each_and_claims_the_next_batch(env: Env) -> None:
     assert "batch" not in store.get_job("j0")
 
 
-def test_finish_many_with_a_lost_lease_records_the_others(env: Env) -> None:
+def test_finish_many_skips_lost_lease(env: Env) -> None:
     env.enqueue(["true"], id="kept")
     env.enqueue(["true"], id="taken")
     store = env.store()

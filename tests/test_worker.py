@@ -314,7 +314,7 @@ def test_deep_queue_is_claimed_in_batches(env: Env) -> None:
     assert [entry["outcome"] for entry in record["history"]] == ["completed"]
 
 
-def test_long_job_hands_back_the_rest_of_its_batch(env: Env) -> None:
+def test_long_job_hands_back_batch(env: Env) -> None:
     # 31 short jobs grow the batch to 16, so the next claim takes the long
     # job together with the jobs queued behind it.
     specs: list[dict[str, object]] = [

@@ -8,9 +8,9 @@
 -- ARGV: mode, history limit, then pairs of (id, lease token), all of jobs
 --       in that queue.  Modes: 'expired' (reaper: only past the deadline),
 --       'reclaim' (a restarted worker takes back its predecessor's job),
---       'release' (a worker hands back jobs it never started, because the
---       claim's reply was lost or it claimed more than it got to; the
---       attempt is not counted).
+--       'release' (a worker hands back jobs it never started: the claim's
+--       reply was lost, or it claimed more than it got to.  The attempt is
+--       not counted).
 -- Returns: a flat list of (id, new state) for every job taken.
 
 local k = {
